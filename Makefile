@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 PROFILE ?= cpu
 PYTEST_ARGS ?=
 
-.PHONY: install test test-all reproduce data-check clean-runs
+.PHONY: install test test-nbval test-all bench reliability reproduce notebooks data-check clean-runs
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,12 +25,34 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(MAKE) test-nbval
+
+# the committed notebooks (smoke outputs) re-run in place by nbval, into a fresh artifact root
+test-nbval: $(STAMP)
+	rm -rf runs/nbval
+	STEPSEARCH_PROFILE=smoke STEPSEARCH_OVERRIDES='{"artifact_root": "$(CURDIR)/runs/nbval"}' \
+		$(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax notebooks/
+
+# re-execute the notebooks on the smoke profile and store them (stripped) as the committed copies
+notebooks: $(STAMP)
+	$(BIN)/python -m stepsearch_lib.reproduce --profile smoke --write-back
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
 
 data-check: $(STAMP)
 	$(BIN)/python -m stepsearch_lib.profile_data --profile $(PROFILE)
+
+# every benchmark (runs/bench/*.json) and docs/performance.md; `make bench BENCH="rewards retrieval"` for some
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH)
+
+# property tests with 10,000 examples each + the fault-injection tests, then docs/reliability.md
+reliability: $(STAMP)
+	rm -f runs/reliability/stats.json
+	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q -p no:cacheprovider -m "slow or not slow" \
+		tests/test_properties.py tests/test_reliability.py
+	$(BIN)/python -m bench.reliability
 
 reproduce: $(STAMP)
 	$(BIN)/python -m stepsearch_lib.reproduce --profile $(PROFILE)

@@ -227,12 +227,26 @@ class TrainConfig:
     """Warm-start learning rate."""
     sft_epochs: float = 1.0
     """Warm-start epochs."""
+    sft_batch_size: int = 4
+    """Warm-start batch size (demonstrations per optimizer step)."""
+    sft_eval_questions: int = 30
+    """Held-out dev questions rolled out greedily before and after the warm start (format and search rates)."""
+    init_adapter: str = ""
+    """LoRA adapter RL starts from: empty = a fresh adapter; `sft` = this profile's warm start
+    (`checkpoints/sft`, made by `python -m stepsearch_lib.sft`); or a path to a saved peft adapter."""
+    init_adapter_mode: str = "merge"
+    """How RL starts from `init_adapter`: `merge` = merge it into the base weights and train a fresh
+    LoRA on top, so the KL reference (adapter disabled) is the warm-started policy, as in the
+    paper's RL-from-initial-policy setup; `continue` = keep training that adapter itself (the
+    reference is then the model before the warm start). Merging into 4-bit weights re-quantises them."""
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     methods: tuple[str, ...] = ("naive", "rag", "agent")
-    """Methods scored by notebook 05 when no trained checkpoint exists."""
+    """Baseline methods run with the untrained policy (the agent is also run for every checkpoint that exists)."""
+    questions_per_dataset: int = 0
+    """Questions scored per evaluation dataset (0 = every question the profile loads)."""
     bootstrap_samples: int = 1000
     """Bootstrap resamples for 95% confidence intervals."""
 
@@ -331,7 +345,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "train.questions_per_step": 4,
         "train.save_every": 1,
         "train.sft_examples": 8,
+        "train.sft_eval_questions": 4,
         "eval.bootstrap_samples": 100,
+        "eval.questions_per_dataset": 4,
     },
     "cpu": {
         "data.construct_files": (
@@ -346,8 +362,12 @@ PROFILES: dict[str, dict[str, Any]] = {
         "ppo.minibatch_size": 2,
         "ppo.actor_lr": 1e-5,
         "ppo.critic_lr": 1e-5,
-        "train.steps": 20,
+        "train.steps": 8,
+        "train.questions_per_step": 4,
+        "train.init_adapter": "sft",
         "data.max_eval_questions": 100,
+        "eval.questions_per_dataset": 20,
+        "eval.methods": ("naive", "rag"),
     },
     "gpu": {
         "model.policy": "Qwen/Qwen2.5-3B-Instruct",

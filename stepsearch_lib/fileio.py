@@ -117,6 +117,20 @@ def field(obj: dict, key: str, kind: type | tuple[type, ...], path: Path | str, 
     return value
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once at import: os.umask is process-wide and briefly changes it
+
+
+def _default_mode(path: Path, is_dir: bool) -> None:
+    if path.exists():
+        path.chmod((0o777 if is_dir else 0o666) & ~_UMASK)
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path | str, is_dir: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success it replaces ``target`` in one rename.
@@ -133,6 +147,7 @@ def atomic_path(target: Path | str, is_dir: bool = False) -> Iterator[Path]:
         tmp = Path(name)
     try:
         yield tmp
+        _default_mode(tmp, is_dir)  # mkstemp / mkdtemp create 0600 / 0700: give the result the umask's mode
         if is_dir and target.exists():
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)

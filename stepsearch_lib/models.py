@@ -177,11 +177,16 @@ def load_policy(
     tiny_hidden_size: int = 64,
     tiny_layers: int = 2,
     seed: int = 0,
+    adapter: Path | str | None = None,
+    merge_adapter: bool = False,
 ):
     """Load a policy and its tokenizer; optionally 4-bit NF4 and a LoRA adapter.
 
     Returns ``(model, tokenizer)``. A 4-bit model always gets the CPU gradient guard. ``seed``
-    seeds the tiny model's weights and the LoRA initialisation.
+    seeds the tiny model's weights and the LoRA initialisation. ``adapter`` (a saved peft folder,
+    e.g. the SFT warm start) is loaded trainable instead of initialising a fresh ``lora``; with
+    ``merge_adapter`` it is merged into the base weights and a fresh ``lora`` goes on top, so
+    "adapter disabled" (the reference policy) means the warm-started model.
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
@@ -198,7 +203,16 @@ def load_policy(
     if load_in_4bit:
         guard_4bit_cpu_gradients(model)
     model.generation_config.pad_token_id = tok.pad_token_id
-    if lora is not None:
+    if adapter is not None:
+        from peft import PeftModel
+
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"{adapter}: no saved LoRA adapter (adapter_config.json) there")
+        if merge_adapter:  # the warm start becomes part of the base weights (and of the reference policy)
+            model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False).merge_and_unload()
+        else:
+            model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+    if lora is not None and (adapter is None or merge_adapter):
         with torch.random.fork_rng(devices=[]):  # seeded adapter init, caller's RNG untouched
             torch.manual_seed(seed)
             model = add_lora(model, lora)
@@ -237,8 +251,36 @@ def _hub_errors(name_or_path: str):
         ) from err
 
 
-def policy_from_config(cfg, seed: int | None = None):
-    """`load_policy` driven by a `Config` (model section + seed; ``seed`` overrides the config's)."""
+def init_adapter_path(cfg) -> Path | None:
+    """The adapter RL starts from (``train.init_adapter``): None, the profile's SFT warm start, or a path."""
+    name = cfg.train.init_adapter
+    if cfg.train.init_adapter_mode not in ("merge", "continue"):
+        raise ValueError(f"train.init_adapter_mode must be 'merge' or 'continue', got {cfg.train.init_adapter_mode!r}")
+    if not name:
+        return None
+    path = cfg.path("checkpoints", "sft") if name == "sft" else Path(name).expanduser()
+    if not (path / "adapter_config.json").is_file():
+        hint = f" -- make it with `python -m stepsearch_lib.sft --profile {cfg.profile}`" if name == "sft" else ""
+        raise FileNotFoundError(f"train.init_adapter={name!r}: no saved adapter at {path}{hint}")
+    return path
+
+
+@contextlib.contextmanager
+def keep_requires_grad(model):
+    """Restore every parameter's ``requires_grad`` on exit: peft's ``set_adapter`` and the exit of
+    ``disable_adapter()`` re-freeze every adapter but the active one, which would silently freeze
+    a second (critic) adapter."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def policy_from_config(cfg, seed: int | None = None, adapter: Path | str | None = None):
+    """`load_policy` driven by a `Config` (model section + seed; ``seed`` overrides the config's;
+    ``adapter`` loads a saved LoRA adapter instead of a fresh one)."""
     m = cfg.model
     return load_policy(
         m.policy,
@@ -249,6 +291,8 @@ def policy_from_config(cfg, seed: int | None = None):
         tiny_hidden_size=m.tiny_hidden_size,
         tiny_layers=m.tiny_layers,
         seed=cfg.seed if seed is None else seed,
+        adapter=adapter,
+        merge_adapter=adapter is not None and cfg.train.init_adapter_mode == "merge",
     )
 
 

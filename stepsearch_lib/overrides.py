@@ -89,3 +89,24 @@ def apply_overrides(cfg, overrides: Mapping[str, Any]):
     return replace(cfg, **top)
 
 
+
+
+def parse_cli_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["train.steps=3", "model.policy=tiny-random"]`` -> overrides; values are read as JSON
+    (numbers, booleans, lists) and fall back to plain strings.
+
+    >>> parse_cli_overrides(["train.steps=3", "model.policy=tiny-random", "model.load_in_4bit=true"])
+    {'train.steps': 3, 'model.policy': 'tiny-random', 'model.load_in_4bit': True}
+    """
+    import json
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"override {item!r} is not of the form section.field=value")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out

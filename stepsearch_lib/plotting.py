@@ -153,3 +153,65 @@ def plot_token_layout(json_path: Path | str, out_path: Path | str, title: str = 
                  f"final {s['final_reward']:.3f} on the last token", fontsize=9)
     ax.legend(fontsize=8, loc="upper left")
     return _finish(fig, out_path)
+
+
+CURVE_KEYS = (("reward/answer_f1", "answer F1"), ("reward/search_key", "search-key score"),
+              ("reward/info_gain", "information gain (sum per episode)"), ("rollout/num_searches", "searches per question"))
+"""Training-curve panels: metric key and axis label."""
+
+
+def plot_training_curves(runs: dict[str, Path | str], out_path: Path | str, keys=CURVE_KEYS,
+                         title: str = "Training curves"):
+    """One panel per metric, one line per run (label -> metrics JSONL), metric vs update step."""
+    import json
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.3 * len(keys), 3.0), squeeze=False)
+    for label, path in runs.items():
+        rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        for ax, (key, _) in zip(axes[0], keys):
+            ax.plot([r["step"] for r in rows], [r[key] for r in rows], marker="o", markersize=3, label=label)
+    for ax, (_, name) in zip(axes[0], keys):
+        ax.set_xlabel("update step")
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    return _finish(fig, out_path, title)
+
+
+def plot_main_results(results_csv: Path | str, paper_csv: Path | str, out_path: Path | str,
+                      paper_rows: tuple[tuple[str, str], ...] = (("qwen2.5-3b", "search_r1_instruct"),
+                                                                 ("qwen2.5-3b", "stepsearch_instruct")),
+                      title: str = "EM and F1 per dataset: ours beside the paper"):
+    """Two panels (EM, F1): grouped bars per dataset, our methods (with 95 % bootstrap intervals)
+    and selected rows of the paper's main table (hatched)."""
+    import numpy as np
+
+    from .eval_suite import read_paper_results
+
+    plt = _pyplot()
+    ours = read_csv(results_csv)
+    datasets = list(dict.fromkeys(r["dataset"] for r in ours))
+    labels = list(dict.fromkeys(r["label"] for r in ours))
+    paper = {(r["model"], r["method"]): r for r in read_paper_results(paper_csv) if r["table"] == "main"}
+    series = labels + [f"paper {m} {meth}" for m, meth in paper_rows]
+    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 1.6 * len(datasets) * 2), 3.6), squeeze=False)
+    width = 0.8 / len(series)
+    for ax, metric in zip(axes[0], ("em", "f1")):
+        x = np.arange(len(datasets))
+        for i, name in enumerate(series):
+            if name in labels:
+                rows = {r["dataset"]: r for r in ours if r["label"] == name}
+                vals = [float(rows[d][metric]) if d in rows else np.nan for d in datasets]
+                err = [[float(rows[d][metric]) - float(rows[d][f"{metric}_lo"]) if d in rows else 0 for d in datasets],
+                       [float(rows[d][f"{metric}_hi"]) - float(rows[d][metric]) if d in rows else 0 for d in datasets]]
+                ax.bar(x + i * width, vals, width, yerr=err, capsize=2, label=name)
+            else:
+                key = paper_rows[i - len(labels)]
+                vals = [paper[key].get(f"{d}_{metric}", np.nan) if key in paper else np.nan for d in datasets]
+                ax.bar(x + i * width, vals, width, hatch="//", alpha=0.5, label=name)
+        ax.set_xticks(x + width * (len(series) - 1) / 2, datasets)
+        ax.set_ylabel(metric.upper())
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _finish(fig, out_path, title)

@@ -62,11 +62,28 @@ LAST_SEARCH_WARNING = (
 """Forced after the last allowed search."""
 
 
+DIRECT_PROMPT = (
+    "Answer the question below from your own knowledge. Give only the final answer, as short as possible, "
+    "inside <answer> and </answer>, for example <answer> Paris </answer>.\nQuestion: {question}\n"
+)
+"""Naive generation (no retrieval) baseline prompt."""
+
+RAG_PROMPT = (
+    "Answer the question below using the documents. Give only the final answer, as short as possible, "
+    "inside <answer> and </answer>, for example <answer> Paris </answer>.\n{docs}Question: {question}\n"
+)
+"""Single-shot RAG baseline prompt (documents retrieved on the question)."""
+
+
 def build_prompt(question: str, template: str = "think", tokenizer=None) -> str:
     """The episode prompt; wrapped in the tokenizer's chat template when it has one."""
     if template not in TEMPLATES:
         raise ValueError(f"unknown template {template!r}; expected one of {sorted(TEMPLATES)}")
-    text = TEMPLATES[template].instructions.format(question=question.strip())
+    return chat_wrap(TEMPLATES[template].instructions.format(question=question.strip()), tokenizer)
+
+
+def chat_wrap(text: str, tokenizer=None) -> str:
+    """A user message in the tokenizer's chat template (plain text when it has none)."""
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                              add_generation_prompt=True)

@@ -4,11 +4,16 @@ Each ``notebooks/NN_*.ipynb`` is executed with papermill (parameters ``PROFILE``
 ``SEED``); the executed copy goes to ``runs/<profile>/notebooks/``; the notebooks write
 their figures to ``figures/``. A failing notebook stops the run with its error, and its
 partial executed copy is not left behind.
+
+``--write-back`` (smoke profile only) stores the executed notebooks back into ``notebooks/``
+with execution metadata, injected-parameter cells and stderr streams stripped: the committed
+notebooks show real (smoke) outputs, and ``pytest --nbval-lax notebooks/`` re-runs them.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -32,12 +37,42 @@ def run_notebook(src: Path, out_dir: Path, parameters: dict) -> float:
     return time.perf_counter() - start
 
 
+def strip_for_commit(nb: dict) -> dict:
+    """An executed notebook without run-specific noise: no papermill / execution metadata, no
+    injected-parameters cell, no stderr streams (progress bars); outputs otherwise kept."""
+    nb = json.loads(json.dumps(nb))
+    nb["metadata"].pop("papermill", None)
+    cells = []
+    for cell in nb["cells"]:
+        if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+            continue
+        for key in ("papermill", "execution"):
+            cell.get("metadata", {}).pop(key, None)
+        if cell["cell_type"] == "code":
+            cell["outputs"] = [o for o in cell.get("outputs", [])
+                               if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
+        cells.append(cell)
+    nb["cells"] = cells
+    return nb
+
+
+def write_back(executed: Path, target: Path) -> None:
+    """Store a stripped executed notebook over its source, atomically."""
+    nb = strip_for_commit(json.loads(executed.read_text(encoding="utf-8")))
+    with atomic_path(target) as tmp:
+        Path(tmp).write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", nargs="*", help="notebook name prefixes to run (default: all)")
+    ap.add_argument("--write-back", action="store_true",
+                    help="store the executed notebooks (stripped) back into notebooks/ (smoke profile only)")
     args = ap.parse_args(argv)
+    if args.write_back and args.profile != "smoke":
+        ap.error("--write-back is for the smoke profile (the committed notebooks carry smoke outputs)")
     cfg = get_config(args.profile, seed=args.seed)
     notebooks = [p for p in notebook_paths() if not args.only or any(p.name.startswith(o) for o in args.only)]
     if not notebooks:
@@ -49,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         seconds = run_notebook(nb, out_dir, {"PROFILE": cfg.profile, "SEED": cfg.seed})
         total += seconds
         print(f"[reproduce] {nb.name} done in {seconds:.0f} s", flush=True)
+        if args.write_back:
+            write_back(out_dir / nb.name, nb)
     print(f"[reproduce] {len(notebooks)} notebooks, total wall time {total / 60:.1f} min; "
           f"executed copies in {out_dir}")
     return 0

@@ -130,30 +130,22 @@ def tfidf_pair_cosine_matrix(docs: Sequence[str], golds: Sequence[str]) -> np.nd
     so with raw counts A (docs) and B (golds):
         cos = (A B^T) / sqrt(w^2 |A|^2 - (w^2 - 1) A^2 1[B>0]^T) / sqrt(w^2 |B|^2 - (w^2 - 1) 1[A>0] (B^2)^T),  w = 1 + ln 1.5
     """
-    from scipy import sparse
-
     if not docs or not golds:
         return np.zeros((len(docs), len(golds)))
     vocab: dict[str, int] = {}
-
-    def counts(texts):
-        rows, cols, vals = [], [], []
-        for r, text in enumerate(texts):
-            for tok, c in Counter(_TOKEN.findall(text.lower())).items():
-                rows.append(r)
-                cols.append(vocab.setdefault(tok, len(vocab)))
-                vals.append(c)
-        return rows, cols, vals
-
-    a, b = counts(docs), counts(golds)
-    shape_v = len(vocab)
-    A = sparse.csr_matrix((a[2], (a[0], a[1])), shape=(len(docs), shape_v), dtype=np.float64)
-    B = sparse.csr_matrix((b[2], (b[0], b[1])), shape=(len(golds), shape_v), dtype=np.float64)
+    bags = [Counter(_TOKEN.findall(text.lower())) for text in (*docs, *golds)]
+    for bag in bags:
+        for tok in bag:
+            vocab.setdefault(tok, len(vocab))
+    counts = np.zeros((len(bags), len(vocab)))  # dense: a step's few docs share a vocabulary of a few hundred terms
+    for r, bag in enumerate(bags):
+        counts[r, [vocab[t] for t in bag]] = list(bag.values())
+    A, B = counts[:len(docs)], counts[len(docs):]
     w2 = _IDF_ONE ** 2
-    A2, B2 = A.multiply(A), B.multiply(B)
-    dot = (A @ B.T).toarray()
-    norm_a = w2 * np.asarray(A2.sum(axis=1)) - (w2 - 1) * (A2 @ (B > 0).T.astype(np.float64)).toarray()
-    norm_b = w2 * np.asarray(B2.sum(axis=1)).T - (w2 - 1) * ((A > 0).astype(np.float64) @ B2.T).toarray()
+    A2, B2 = A * A, B * B
+    dot = A @ B.T
+    norm_a = w2 * A2.sum(axis=1, keepdims=True) - (w2 - 1) * (A2 @ (B > 0).T)
+    norm_b = w2 * B2.sum(axis=1)[None, :] - (w2 - 1) * ((A > 0) @ B2.T)
     denom = np.sqrt(np.clip(norm_a, 0, None)) * np.sqrt(np.clip(norm_b, 0, None))
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(denom > 0, dot / denom, 0.0)
@@ -167,13 +159,17 @@ def information_gain(step_docs: Sequence[Sequence[str]], gold_docs: Sequence[str
     if not gold_docs:
         return [0.0] * len(step_docs)
     memory = np.zeros(len(gold_docs))
-    gains = []
+    if fast:  # one similarity matrix for every step's documents at once, sliced per step below
+        flat = [d for docs in step_docs for d in docs]
+        all_sim = tfidf_pair_cosine_matrix(flat, gold_docs)
+    gains, start = [], 0
     for docs in step_docs:
         if not docs:
             gains.append(0.0)
             continue
         if fast:
-            sim = tfidf_pair_cosine_matrix(docs, gold_docs)
+            sim = all_sim[start:start + len(docs)]
+            start += len(docs)
         else:
             sim = np.array([[tfidf_pair_cosine_reference(d, g) for g in gold_docs] for d in docs])
         c = sim.max(axis=0)  # c_{t,i}: best retrieved doc for gold doc i

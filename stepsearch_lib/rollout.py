@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from .protocol import (
     INVALID_ACTION_WARNING, LAST_SEARCH_WARNING, STOP_STRINGS, build_prompt, cut_at_stop, cut_words, information_block,
@@ -57,9 +58,9 @@ def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def _generate(model, tokenizer, sequences: list[list[int]], max_new_tokens: int, greedy: bool,
+def generate_batch(model, tokenizer, sequences: list[list[int]], max_new_tokens: int, greedy: bool,
               temperature: float, top_p: float) -> list[str]:
-    """One batched ``generate`` over left-padded sequences; returns each continuation's text."""
+    """One batched ``generate`` over left-padded token sequences (stops at ``</search>`` / ``</answer>``); returns each continuation's text."""
     width = max(len(s) for s in sequences)
     pad = tokenizer.pad_token_id
     input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in sequences])
@@ -83,6 +84,8 @@ def rollout(model, tokenizer, questions: Sequence[str], retriever: Retriever, *,
     was_training = model.training
     model.eval()
     trajectories: list[Trajectory] = []
+    bar = tqdm(total=len(questions), desc="rollout", unit="question", leave=False,
+               disable=len(questions) <= batch_size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for start in range(0, len(questions), batch_size):
@@ -91,6 +94,8 @@ def rollout(model, tokenizer, questions: Sequence[str], retriever: Retriever, *,
             _run_batch(model, tokenizer, batch, retriever, topk, max_turns, max_new_tokens, max_length, greedy,
                        temperature, top_p, doc_words)
             trajectories += batch
+            bar.update(len(batch))
+    bar.close()
     model.train(was_training)
     return trajectories
 
@@ -101,7 +106,7 @@ def _run_batch(model, tokenizer, batch, retriever, topk, max_turns, max_new_toke
         active = [t for t in batch if not t.done]
         if not active:
             return
-        texts = _generate(model, tokenizer, [t.prompt_ids + t.response_ids for t in active], max_new_tokens, greedy,
+        texts = generate_batch(model, tokenizer, [t.prompt_ids + t.response_ids for t in active], max_new_tokens, greedy,
                           temperature, top_p)
         searching: list[tuple[Trajectory, str]] = []
         for traj, raw in zip(active, texts):

@@ -94,6 +94,8 @@ def create_app(retriever: Retriever, default_topk: int = 3, limits: ServerLimits
             if len(v) > limits.max_queries:
                 raise ValueError(f"'queries' holds {len(v)} queries; at most {limits.max_queries} per request")
             for i, q in enumerate(v):
+                if not q.strip():
+                    raise ValueError(f"queries[{i}] is empty")
                 if len(q) > limits.max_query_chars:
                     raise ValueError(f"queries[{i}] has {len(q)} characters; at most {limits.max_query_chars}")
             return v

@@ -4,14 +4,21 @@ Rows are pre-tokenised demonstrations (`demonstrations.build_demonstrations`) wi
 ``completion_mask`` that is 0 on the prompt and on the forced information blocks, trained with
 ``completion_only_loss=True`` so only the model's own turns are learned. The adapter is saved
 with peft (safetensors) into ``runs/<profile>/checkpoints/sft/``.
+
+    python -m stepsearch_lib.sft --profile cpu     # demonstrations -> SFT -> rates before/after
+
+`warm_start` also rolls out held-out dev questions greedily before and after training and
+writes the format / search rates to ``metrics/sft.json`` (the bar: >= 90 % each).
 """
 
 from __future__ import annotations
 
+import argparse
+import time
 from pathlib import Path
 from typing import Sequence
 
-from .fileio import atomic_path
+from .fileio import atomic_path, write_json
 
 
 def sft_train(model, tokenizer, rows: Sequence[dict], out_dir: Path | str, lr: float = 5e-4, epochs: float = 1.0,
@@ -57,3 +64,93 @@ def protocol_rates(trajectories) -> dict:
     n = max(1, len(trajectories))
     return {"format_ok": sum(t.answer is not None for t in trajectories) / n,
             "searched": sum(bool(t.queries) for t in trajectories) / n}
+
+
+def protocol_check(model, tokenizer, records: Sequence[dict], retriever, cfg) -> dict:
+    """Greedy rollouts on ``records``: format-gate pass rate (the reward's gate), search rate, F1."""
+    from .rewards import score_trajectory
+    from .rollout import rollout_from_config
+    from .scripted import gold_of
+
+    trajs = rollout_from_config(model, tokenizer, [r["question"] for r in records], retriever, cfg, greedy=True)
+    scored = [score_trajectory(t.response_text(tokenizer), t.queries, t.step_docs, reward_cfg=cfg.reward, **gold_of(r))
+              for t, r in zip(trajs, records)]
+    n = max(1, len(trajs))
+    return {"questions": len(trajs), "format_ok": sum(s.format_ok for s in scored) / n,
+            "searched": sum(bool(t.queries) for t in trajs) / n,
+            "searches_per_question": sum(len(t.queries) for t in trajs) / n,
+            "answer_f1": sum(s.answer_f1 for s in scored) / n,
+            "examples": [t.response_text(tokenizer) for t in trajs[:2]]}
+
+
+def warm_start(cfg, records: Sequence[dict] | None = None, dev_records: Sequence[dict] | None = None,
+               retriever=None) -> dict:
+    """Build demonstrations from the profile's constructed training data, train the SFT warm start,
+    check the protocol rates on held-out dev records before and after; returns (and writes) a report."""
+    from .demonstrations import build_demonstrations
+    from .index import profile_retriever
+    from .models import policy_from_config
+    from .stepsearch_format import read_stepsearch
+
+    t = cfg.train
+    records = records if records is not None else read_stepsearch(cfg.path("data", "stepsearch_train.jsonl"))
+    dev_records = dev_records if dev_records is not None else read_stepsearch(cfg.path("data", "stepsearch_dev.jsonl"))
+    dev_records = list(dev_records)[:t.sft_eval_questions]
+    retriever = retriever if retriever is not None else profile_retriever(cfg)
+    model, tok = policy_from_config(cfg)
+    t0 = time.perf_counter()
+    before = protocol_check(model, tok, dev_records, retriever, cfg)
+    t_check = time.perf_counter() - t0
+    rows = build_demonstrations(records, retriever, tok, n=t.sft_examples, topk=cfg.retrieval.topk,
+                                doc_words=cfg.rollout.doc_words, template=cfg.rollout.template, seed=cfg.seed)
+    t0 = time.perf_counter()
+    info = sft_train(model, tok, rows, cfg.path("checkpoints", "sft"), lr=t.sft_lr, epochs=t.sft_epochs,
+                     batch_size=t.sft_batch_size, seed=cfg.seed)
+    t_train = time.perf_counter() - t0
+    after = protocol_check(model, tok, dev_records, retriever, cfg)
+    report = {"profile": cfg.profile, "settings": warm_start_settings(cfg), "demonstrations": len(rows),
+              "mean_demo_tokens": sum(len(r["input_ids"]) for r in rows) / len(rows),
+              "train_loss": info["train_loss"], "optimizer_steps": info["steps"], "train_s": t_train,
+              "check_s": t_check, "adapter": info["adapter"], "before": before, "after": after}
+    write_json(cfg.path("metrics", "sft.json"), report)
+    return report
+
+
+def warm_start_settings(cfg) -> dict:
+    """Everything a warm start depends on; a saved one is reused only when these match."""
+    m, t = cfg.model, cfg.train
+    return {"policy": m.policy, "load_in_4bit": m.load_in_4bit, "lora": [m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target],
+            "examples": t.sft_examples, "lr": t.sft_lr, "epochs": t.sft_epochs, "batch_size": t.sft_batch_size,
+            "eval_questions": t.sft_eval_questions, "seed": cfg.seed, "retrieval": [cfg.retrieval.kind, cfg.retrieval.topk],
+            "doc_words": cfg.rollout.doc_words, "template": cfg.rollout.template}
+
+
+def ensure_warm_start(cfg) -> dict:
+    """The profile's warm-start report, training it first unless a saved adapter with the same settings exists."""
+    import json
+
+    report_path, adapter = cfg.path("metrics", "sft.json"), cfg.path("checkpoints", "sft")
+    if report_path.is_file() and (adapter / "adapter_config.json").is_file():
+        report = json.loads(report_path.read_text())
+        if report.get("settings") == warm_start_settings(cfg):
+            return report
+    return warm_start(cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .config import get_config
+
+    ap = argparse.ArgumentParser(description="SFT warm start: teach the policy the search protocol.")
+    ap.add_argument("--profile", default="cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    report = warm_start(get_config(args.profile, seed=args.seed))
+    for when in ("before", "after"):
+        r = report[when]
+        print(f"{when}: format_ok {r['format_ok']:.2f}  searched {r['searched']:.2f}  F1 {r['answer_f1']:.3f}")
+    print(f"adapter: {report['adapter']}  ({report['train_s']:.0f} s training)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

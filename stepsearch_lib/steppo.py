@@ -96,13 +96,34 @@ def reference_logprobs(actor, batch, token_logprobs) -> torch.Tensor:
     """log pi_ref: the same weights with the LoRA adapter disabled (no second copy of the model)."""
     if not hasattr(actor, "disable_adapter"):
         raise TypeError("the reference policy is the actor with its adapter disabled: the actor needs a LoRA adapter")
-    with torch.no_grad(), actor.disable_adapter():
+    from .models import keep_requires_grad
+
+    with torch.no_grad(), keep_requires_grad(actor), actor.disable_adapter():
         return token_logprobs(actor, batch.input_ids, batch.attention_mask, batch.action_mask)[0]
 
 
-def steppo_update(actor, critic, actor_opt, critic_opt, batch, ppo, seed: int = 0) -> dict:
+def params_of(opt) -> list[torch.nn.Parameter]:
+    return [p for group in opt.param_groups for p in group["params"]]
+
+
+def optimizer_step(opt, max_grad_norm: float, world=None) -> None:
+    """Average gradients over processes (data parallel), clip their norm, step, zero them."""
+    from .parallel import World, average_gradients
+
+    params = params_of(opt)
+    average_gradients(params, world or World())
+    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    opt.step()
+    opt.zero_grad()
+
+
+def steppo_update(actor, critic, actor_opt, critic_opt, batch, ppo, seed: int = 0, world=None) -> dict:
     """One StePPO update on a rollout batch (global-reward PPO is the same update on a batch
-    built without step rewards). Returns namespaced metrics."""
+    built without step rewards). Returns namespaced metrics.
+
+    Minibatches of ``ppo.minibatch_size`` trajectories; the optimizers step every
+    ``ppo.grad_accum`` minibatches (losses scaled by 1 / grad_accum) and after the last one.
+    """
     from .batching import token_logprobs
 
     mask = batch.action_mask
@@ -124,26 +145,27 @@ def steppo_update(actor, critic, actor_opt, critic_opt, batch, ppo, seed: int = 
     gen = torch.Generator().manual_seed(seed)
     stats: dict[str, list[float]] = {}
     n = len(batch)
+    starts = list(range(0, n, ppo.minibatch_size))
     for _epoch in range(ppo.ppo_epochs):
         order = torch.randperm(n, generator=gen).tolist()
-        for start in range(0, n, ppo.minibatch_size):
+        for k, start in enumerate(starts):
             idx = order[start:start + ppo.minibatch_size]
             mb = batch.select(idx)
             m = mask[idx]
+            step_now = (k + 1) % ppo.grad_accum == 0 or k + 1 == len(starts)
             logprobs, entropy = token_logprobs(actor, mb.input_ids, mb.attention_mask, m, with_entropy=True)
             pg_loss, pg_stats = policy_loss(logprobs, old_logprobs[idx], advantages[idx], m, ppo.clip_ratio)
             ent = masked_mean(entropy, m)
             # actor loss = L^CLIP - c_ent * H
-            (pg_loss - ppo.entropy_coef * ent).backward()
-            torch.nn.utils.clip_grad_norm_([p for p in actor.parameters() if p.requires_grad], ppo.max_grad_norm)
-            actor_opt.step()
-            actor_opt.zero_grad()
-            values = critic(mb.input_ids, mb.attention_mask)
-            vf_loss = value_loss(values, old_values[idx], returns[idx], m, ppo.value_clip)
-            vf_loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in critic.parameters() if p.requires_grad], ppo.max_grad_norm)
-            critic_opt.step()
-            critic_opt.zero_grad()
+            ((pg_loss - ppo.entropy_coef * ent) / ppo.grad_accum).backward()
+            if step_now:
+                optimizer_step(actor_opt, ppo.max_grad_norm, world)
+            with critic.active():  # a shared-backbone critic recomputes under its own adapter in backward
+                values = critic(mb.input_ids, mb.attention_mask)
+                vf_loss = value_loss(values, old_values[idx], returns[idx], m, ppo.value_clip)
+                (vf_loss / ppo.grad_accum).backward()
+            if step_now:
+                optimizer_step(critic_opt, ppo.max_grad_norm, world)
             for key, value in {"losses/policy": pg_loss.item(), "losses/value": vf_loss.item(),
                                "losses/entropy": ent.item(), **pg_stats}.items():
                 stats.setdefault(key, []).append(value)

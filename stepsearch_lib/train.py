@@ -24,15 +24,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .batching import build_batch, token_logprobs
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .critic import ValueModel
 from .models import policy_from_config
+from .retrieval import peak_rss_mb
 from .rewards import score_trajectory
 from .rollout import rollout_from_config
 from .scripted import gold_of
-from .steppo import masked_mean, policy_loss, steppo_update
+from .parallel import World, assert_replicas_equal, barrier, init_world, mean_over_processes
+from .steppo import masked_mean, optimizer_step, params_of, policy_loss, steppo_update
 
 ALGOS = ("steppo", "ppo", "grpo")
 """Algorithms of the training entry point."""
@@ -47,16 +49,42 @@ def run_name(algo: str, reward_name: str) -> str:
 
 
 def build_models(cfg):
-    """Actor (profile policy + LoRA), a separate critic of the same architecture, their optimizers."""
-    actor, tok = policy_from_config(cfg)
-    critic_lm, _ = policy_from_config(cfg, seed=cfg.seed + 1)  # same base weights, own LoRA adapter, a value head
-    critic = ValueModel(critic_lm)
+    """Actor (profile policy + LoRA, or the warm-start adapter), critic (``model.critic``), optimizers.
+
+    ``model.critic == "shared"``: a second LoRA adapter on the actor's backbone + value head;
+    ``"separate"``: a second copy of the policy architecture (same base weights) with its own
+    fresh LoRA; any other value is a model name for a separate critic backbone.
+    """
+    from dataclasses import replace
+
+    from .critic import ValueModel, add_critic_adapter
+    from .models import LoraSpec, init_adapter_path
+
+    actor, tok = policy_from_config(cfg, adapter=init_adapter_path(cfg))
+    if cfg.model.critic == "shared":
+        add_critic_adapter(actor, LoraSpec.from_config(cfg.model), seed=cfg.seed + 1)
+        critic = ValueModel(actor, adapter="critic")
+        lms = [actor]
+    else:
+        critic_cfg = cfg if cfg.model.critic == "separate" else replace(cfg, model=replace(cfg.model, policy=cfg.model.critic))
+        critic_lm, _ = policy_from_config(critic_cfg, seed=cfg.seed + 1)  # own fresh LoRA adapter, a value head
+        critic = ValueModel(critic_lm)
+        lms = [actor, critic_lm]
     if cfg.train.gradient_checkpointing:
-        for lm in (actor, critic_lm):
+        for lm in lms:
             lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    opt_a = torch.optim.AdamW([p for p in actor.parameters() if p.requires_grad], lr=cfg.ppo.actor_lr)
-    opt_c = torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad], lr=cfg.ppo.critic_lr)
+    actor_params = [p for n, p in actor.named_parameters() if p.requires_grad and ".critic." not in n]
+    opt_a = torch.optim.AdamW(actor_params, lr=cfg.ppo.actor_lr)
+    opt_c = torch.optim.AdamW(critic.trainable_parameters(), lr=cfg.ppo.critic_lr)
     return actor, critic, tok, opt_a, opt_c
+
+
+def run_settings(cfg, algo: str, reward_name: str) -> dict:
+    """What a checkpoint must share with a run that resumes it."""
+    m = cfg.model
+    return {"algo": algo, "reward": reward_name, "policy": m.policy, "load_in_4bit": m.load_in_4bit, "critic": m.critic,
+            "lora": [m.lora_r, m.lora_alpha, m.lora_target], "init_adapter": cfg.train.init_adapter,
+            "init_adapter_mode": cfg.train.init_adapter_mode, "seed": cfg.seed}
 
 
 def _step_questions(records: list[dict], n: int, seed: int, step: int) -> list[dict]:
@@ -64,7 +92,7 @@ def _step_questions(records: list[dict], n: int, seed: int, step: int) -> list[d
     return [records[i] for i in rng.choice(len(records), size=min(n, len(records)), replace=False)]
 
 
-def grpo_update(actor, opt, batch, groups: list[int], outcome: list[float], ppo, seed: int) -> dict:
+def grpo_update(actor, opt, batch, groups: list[int], outcome: list[float], ppo, seed: int, world=None) -> dict:
     """GRPO: A_i = (R_i - mean_group) / (std_group + eps) on every action token of sample i."""
     rewards = torch.tensor(outcome, dtype=torch.float32)
     adv = torch.zeros(len(outcome))
@@ -88,21 +116,25 @@ def grpo_update(actor, opt, batch, groups: list[int], outcome: list[float], ppo,
             lp, ent = token_logprobs(actor, mb.input_ids, mb.attention_mask, mask[idx], with_entropy=True)
             loss, stats = policy_loss(lp, old[idx], advantages[idx], mask[idx], ppo.clip_ratio)
             (loss - ppo.entropy_coef * masked_mean(ent, mask[idx])).backward()
-            torch.nn.utils.clip_grad_norm_([p for p in actor.parameters() if p.requires_grad], ppo.max_grad_norm)
-            opt.step()
-            opt.zero_grad()
+            optimizer_step(opt, ppo.max_grad_norm, world)
             losses.append(loss.item())
     return {"losses/policy": float(np.mean(losses)), **stats}
 
 
 def train(cfg, algo: str | None = None, reward_name: str | None = None, steps: int | None = None,
-          records: list[dict] | None = None, retriever=None, resume: bool = True) -> Path:
-    """Train, appending one JSON line of metrics per step to ``metrics/<algo>-<reward>.jsonl``."""
+          records: list[dict] | None = None, retriever=None, resume: bool = True, world: World | None = None) -> Path:
+    """Train, appending one JSON line of metrics per step to ``metrics/<algo>-<reward>.jsonl``.
+
+    Under a data-parallel launcher (``world.size > 1``) every process rolls out its own
+    ``train.questions_per_step`` questions; gradients are averaged before each optimizer step;
+    metrics are averaged over processes; process 0 writes metrics and checkpoints.
+    """
     from dataclasses import replace
 
     from .index import profile_retriever
     from .stepsearch_format import read_stepsearch
 
+    world = world or World()
     algo = algo or cfg.train.algo
     if algo not in ALGOS:
         raise ValueError(f"algo must be one of {ALGOS}, got {algo!r}")
@@ -114,36 +146,50 @@ def train(cfg, algo: str | None = None, reward_name: str | None = None, steps: i
     actor, critic, tok, opt_a, opt_c = build_models(cfg)
     name = run_name(algo, reward_name)
     ckpt_dir, metrics_path = cfg.path("checkpoints", name), cfg.path("metrics", f"{name}.jsonl")
+    settings = run_settings(cfg, algo, reward_name)
     start = 0
     latest = latest_checkpoint(ckpt_dir) if resume else None
     if latest is not None:
+        saved = json.loads((latest / "state.json").read_text()).get("settings")
+        if saved != settings:
+            raise ValueError(f"{latest} was trained with different settings ({saved}) than this run ({settings}); "
+                             f"pass resume=False (CLI: --no-resume) to start over, or delete {ckpt_dir}")
         start = load_checkpoint(latest, actor, critic, opt_a, opt_c)["step"]
-    _truncate_metrics(metrics_path, start)
+    if world.is_main:
+        _truncate_metrics(metrics_path, start)
     group = cfg.train.grpo_group_size if algo == "grpo" else 1
-    for step in range(start, steps):
+    per_rank = cfg.train.questions_per_step
+    for step in tqdm(range(start, steps), desc=f"{name} steps", initial=start, total=steps, disable=not world.is_main):
         t0 = time.perf_counter()
-        chosen = _step_questions(records, cfg.train.questions_per_step, cfg.seed, step)
+        chosen = _step_questions(records, per_rank * world.size, cfg.seed, step)[world.rank * per_rank:][:per_rank]
         chosen = [r for r in chosen for _ in range(group)]
-        trajs = rollout_from_config(actor, tok, [r["question"] for r in chosen], retriever, cfg,
-                                    seed=cfg.seed * 100_003 + step)
+        step_seed = cfg.seed * 100_003 + step + 7_919 * world.rank
+        trajs = rollout_from_config(actor, tok, [r["question"] for r in chosen], retriever, cfg, seed=step_seed)
+        t_rollout = time.perf_counter() - t0
         scored = [score_trajectory(t.response_text(tok), t.queries, t.step_docs, reward_cfg=reward_cfg, **gold_of(r))
                   for t, r in zip(trajs, chosen)]
         batch = build_batch(trajs, scored, tok.pad_token_id, use_step_rewards=algo == "steppo")
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed * 100_003 + step)
+            torch.manual_seed(step_seed)
             if algo == "grpo":
                 outcome = [s.final_reward + sum(s.step_rewards) for s in scored]
                 losses = grpo_update(actor, opt_a, batch, [i // group for i in range(len(chosen))], outcome, cfg.ppo,
-                                     cfg.seed + step)
+                                     cfg.seed + step, world)
             else:
-                losses = steppo_update(actor, critic, opt_a, opt_c, batch, cfg.ppo, seed=cfg.seed + step)
-        if not all(math.isfinite(v) for k, v in losses.items() if k.startswith("losses/")):
+                losses = steppo_update(actor, critic, opt_a, opt_c, batch, cfg.ppo, seed=cfg.seed + step, world=world)
+        row = mean_over_processes({**_rollout_metrics(trajs, scored), **losses}, world)
+        if not all(math.isfinite(v) for k, v in row.items() if k.startswith("losses/")):
             raise NonFiniteLossError(f"step {step + 1}: non-finite loss {losses}; stopped, kept {latest_checkpoint(ckpt_dir)}")
-        row = {"step": step + 1, **_rollout_metrics(trajs, scored), **losses, "time/step_s": time.perf_counter() - t0}
-        with open(metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
         if (step + 1) % cfg.train.save_every == 0 or step + 1 == steps:
-            save_checkpoint(ckpt_dir, step + 1, actor, critic, opt_a, opt_c, {"algo": algo, "reward": reward_name})
+            assert_replicas_equal(params_of(opt_a) + params_of(opt_c), world)
+        row = {"step": step + 1, **row, "time/rollout_s": t_rollout, "time/step_s": time.perf_counter() - t0,
+               "time/processes": world.size, "memory/peak_rss_mb": peak_rss_mb()}
+        if world.is_main:
+            with open(metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            if (step + 1) % cfg.train.save_every == 0 or step + 1 == steps:
+                save_checkpoint(ckpt_dir, step + 1, actor, critic, opt_a, opt_c, {"algo": algo, "reward": reward_name, "settings": settings})
+        barrier(world)
     return metrics_path
 
 
@@ -171,18 +217,24 @@ def _rollout_metrics(trajs, scored) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from .config import get_config
+    from .overrides import parse_cli_overrides
 
-    ap = argparse.ArgumentParser(description="Train a search agent with StePPO, PPO or GRPO.")
+    ap = argparse.ArgumentParser(description="Train a search agent with StePPO, PPO or GRPO "
+                                             "(data parallel under `accelerate launch`).")
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--algo", choices=ALGOS, default="steppo")
     ap.add_argument("--reward-config", default=None, help="full, no_info_gain, no_redundancy, no_search_key, no_step, global_only")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-resume", action="store_true")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                    help="config override, repeatable (e.g. --set train.questions_per_step=4)")
     args = ap.parse_args(argv)
-    cfg = get_config(args.profile, seed=args.seed)
-    path = train(cfg, args.algo, args.reward_config, args.steps, resume=not args.no_resume)
-    print(f"metrics: {path}")
+    cfg = get_config(args.profile, parse_cli_overrides(args.set), seed=args.seed)
+    world = init_world(cpu=not torch.cuda.is_available())
+    path = train(cfg, args.algo, args.reward_config, args.steps, resume=not args.no_resume, world=world)
+    if world.is_main:
+        print(f"metrics: {path}")
     return 0
 
 

@@ -136,3 +136,29 @@ def server(index_dirs):
     yield base
     proc.terminate()
     proc.wait(timeout=30)
+
+
+# ----------------------------------------------------------------------------- reliability figures
+
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("default", max_examples=150, deadline=None)
+settings.register_profile("thorough", max_examples=10_000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Merge the reliability counters of this run into runs/reliability/stats.json (per counter, the latest run)."""
+    import json
+
+    from reliability_stats import COUNTS
+    from stepsearch_lib.config import PROJECT_ROOT
+    from stepsearch_lib.fileio import write_json
+
+    if not COUNTS:
+        return
+    path = PROJECT_ROOT / "runs" / "reliability" / "stats.json"
+    stats = json.loads(path.read_text()) if path.is_file() else {}
+    stats.update({k: {"count": v, "hypothesis_profile": os.environ.get("HYPOTHESIS_PROFILE", "default"),
+                      "passed": exitstatus == 0} for k, v in COUNTS.items()})
+    write_json(path, stats)

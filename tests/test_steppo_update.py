@@ -86,3 +86,68 @@ def test_masked_logprobs_equal_full_logprobs(setup, tokenizer):
     m = batch.action_mask[:, 1:].bool()
     assert torch.allclose(got[:, 1:][m], ref[m], atol=1e-5) and (got[:, 1:][~m] == 0).all()
     assert (ent[:, 1:][m] > 0).all()
+
+
+def _shared_critic(actor, seed=5):
+    from stepsearch_lib.critic import add_critic_adapter
+
+    add_critic_adapter(actor, LoraSpec(r=4, alpha=8, dropout=0.0), seed=seed)
+    critic = ValueModel(actor, adapter="critic")
+    with torch.no_grad():  # a non-trivial head and critic adapter, so values and their gradients are not zero
+        critic.value_head.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(seed))
+        for n, p in actor.named_parameters():
+            if "lora_B.critic" in n:
+                p.normal_(0, 0.02, generator=torch.Generator().manual_seed(seed))
+    return critic
+
+
+def test_shared_critic_is_a_second_adapter_on_the_actor_backbone(setup, tokenizer):
+    actor, trajs, scored = setup
+    actor = copy.deepcopy(actor)
+    batch = build_batch(trajs, scored, tokenizer.pad_token_id)
+    with torch.no_grad():
+        before = token_logprobs(actor, batch.input_ids, batch.attention_mask, batch.action_mask)[0]
+    critic = _shared_critic(actor)
+    # no second backbone: the critic module owns only its value head
+    assert {n for n, _ in critic.named_parameters()} == {"value_head.weight", "value_head.bias"}
+    crit_params = critic.trainable_parameters()
+    assert len(crit_params) == 2 + sum(".critic." in n for n, _ in actor.named_parameters())
+    with torch.no_grad():  # the critic adapter does not leak into the policy
+        assert torch.equal(token_logprobs(actor, batch.input_ids, batch.attention_mask, batch.action_mask)[0], before)
+    actor_params = [p for n, p in actor.named_parameters() if p.requires_grad and ".critic." not in n]
+    snapshot = {id(p): p.detach().clone() for p in actor_params + crit_params}
+    opt_a = torch.optim.AdamW(actor_params, lr=1e-3)
+    opt_c = torch.optim.AdamW(crit_params, lr=1e-3)
+    metrics = steppo_update(actor, critic, opt_a, opt_c, batch, PPOConfig(minibatch_size=2, grad_accum=2))
+    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+    assert any(not torch.equal(p, snapshot[id(p)]) for p in actor_params)
+    assert any(not torch.equal(p, snapshot[id(p)]) for p in crit_params)
+    # peft's adapter switching flips requires_grad; both adapters must still be trainable afterwards
+    assert all(p.requires_grad for p in actor_params + crit_params)
+    assert actor.active_adapter == "default"
+
+
+def test_shared_critic_gradients_survive_activation_checkpointing(setup, tokenizer):
+    """Checkpointing recomputes the forward during backward: it must run under the critic's adapter."""
+    actor, trajs, scored = setup
+    batch = build_batch(trajs, scored, tokenizer.pad_token_id)
+    from torch.utils.checkpoint import CheckpointError
+
+    grads = []
+    for checkpointing, backward_inside in ((False, True), (True, True), (True, False)):
+        a = copy.deepcopy(actor)
+        critic = _shared_critic(a)
+        if checkpointing:
+            a.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        a.train()
+        with critic.active():
+            loss = critic(batch.input_ids, batch.attention_mask).pow(2).sum()
+            if backward_inside:
+                loss.backward()
+        if not backward_inside:  # the hazard: recomputed under the actor's adapter (rank 8, not 4)
+            with pytest.raises(CheckpointError, match="different metadata"):
+                loss.backward()
+            continue
+        grads.append(torch.cat([p.grad.flatten() for p in critic.trainable_parameters()]))
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)

@@ -66,3 +66,38 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, m
         train(cfg, "steppo", steps=3, records=stepsearch_records, retriever=load_retriever(index_dirs / "bm25"))
     assert latest_checkpoint(cfg.path("checkpoints", "steppo-full")).name == "step-000001"
     assert [r["step"] for r in _lines(cfg.path("metrics", "steppo-full.jsonl"))] == [1]
+
+
+@pytest.mark.parametrize("mode", ["merge", "continue"])
+def test_rl_starts_from_a_saved_warm_start(tmp_path, model_cache, tokenizer, mode):
+    """merge: the warm start is in the base weights, so the reference (adapter disabled) is the
+    warm-started policy and RL trains a fresh adapter; continue: RL trains the saved adapter itself."""
+    import torch
+
+    from stepsearch_lib.models import LoraSpec, add_lora, build_tiny_model
+    from stepsearch_lib.train import build_models
+
+    sft = add_lora(build_tiny_model(tokenizer, seed=0), LoraSpec(r=4, alpha=8, dropout=0.0))
+    with torch.no_grad():
+        for n, p in sft.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
+    sft.save_pretrained(str(tmp_path / "sft"))
+    cfg = get_config("smoke", overrides={"model.cache_dir": str(model_cache), "model.lora_r": 4, "model.lora_alpha": 8,
+                                         "model.lora_dropout": 0.0, "train.init_adapter": str(tmp_path / "sft"),
+                                         "train.init_adapter_mode": mode, "train.gradient_checkpointing": False})
+    actor, critic, tok, opt_a, opt_c = build_models(cfg)
+    ids = torch.tensor([tok("Who directed Shanghai 13? <search> Shanghai 13 </search>")["input_ids"]])
+    with torch.no_grad():
+        want = sft(ids).logits
+        assert torch.allclose(actor(ids).logits, want, atol=1e-4)  # RL starts at the warm-started policy
+        with actor.disable_adapter():
+            ref = actor(ids).logits
+    trained = {n for g in opt_a.param_groups for p in g["params"] for n, q in actor.named_parameters() if q is p}
+    if mode == "merge":
+        assert torch.allclose(ref, want, atol=1e-4)
+        assert all(".default." in n for n in trained)
+    else:
+        assert not torch.allclose(ref, want, atol=1e-3)  # reference = the model before the warm start
+    with pytest.raises(ValueError, match="init_adapter_mode"):
+        build_models(get_config("smoke", overrides={"train.init_adapter_mode": "other"}))

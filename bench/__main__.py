@@ -1,0 +1,15 @@
+"""`python -m bench [name ...]`: run benchmarks (default: all), then write docs/performance.md."""
+
+import sys
+
+from bench import report, retrieval, rewards, rollout, training
+
+ALL = {"rewards": rewards.run, "retrieval": retrieval.run, "rollout": rollout.run, "training": training.run}
+
+names = sys.argv[1:] or list(ALL)
+unknown = [n for n in names if n not in ALL]
+if unknown:
+    raise SystemExit(f"unknown benchmark(s) {unknown}; choose from {list(ALL)}")
+for name in names:
+    ALL[name]()
+report.main()

@@ -1,0 +1,98 @@
+"""The profile's evaluation matrix: every method x every evaluation dataset, into one results table.
+
+Rows (``model`` column): the untrained policy with ``naive``, ``rag`` and ``agent``; then the
+``agent`` method for every checkpoint that exists -- the SFT warm start and each training run
+under ``checkpoints/`` (StePPO, PPO, GRPO, the ablations). A method x dataset whose results
+already exist (same question count) is read back instead of recomputed, so a re-run is cheap.
+
+    runs/<profile>/eval/<label>/<dataset>/{predictions.jsonl, results.csv}
+    runs/<profile>/eval/results.csv
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from .evaluate import RESULT_FIELDS, evaluate, load_model_for_eval
+from .fileio import read_csv, write_csv
+
+RUN_LABELS = {"steppo-full": "StePPO", "ppo-global_only": "PPO", "grpo-full": "GRPO",
+              "steppo-no_info_gain": "StePPO w/o IG", "steppo-no_redundancy": "StePPO w/o RP",
+              "steppo-no_search_key": "StePPO w/o key", "steppo-no_step": "StePPO w/o step rewards"}
+"""Display names of training runs (folder name under ``checkpoints/``)."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    label: str
+    """Row name in the results table."""
+    method: str
+    """naive, rag or agent."""
+    model: str
+    """Policy name or checkpoint folder handed to `load_model_for_eval`."""
+
+
+def evaluation_plan(cfg) -> list[Entry]:
+    """The baselines, then the agent for every checkpoint that exists."""
+    base = cfg.model.policy
+    names = {"naive": "naive generation", "rag": "single-shot RAG", "agent": "search agent (untrained)"}
+    unknown = set(cfg.eval.methods) - set(names)
+    if unknown:
+        raise ValueError(f"eval.methods: unknown {sorted(unknown)}; choose from {sorted(names)}")
+    plan = [Entry(names[m], m, base) for m in cfg.eval.methods]
+    sft = cfg.path("checkpoints", "sft")
+    if (sft / "adapter_config.json").is_file():
+        plan.append(Entry("SFT warm start", "agent", str(sft)))
+    ckpts = cfg.path("checkpoints")
+    for name, label in RUN_LABELS.items():
+        if (ckpts / name / "latest").is_file():
+            plan.append(Entry(label, "agent", str(ckpts / name)))
+    return plan
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in label.lower()).strip("_")
+
+
+def run_evaluation(cfg, datasets: dict | None = None, retriever=None, plan: list[Entry] | None = None) -> Path:
+    """Evaluate every plan entry on every dataset (reusing finished cells); returns the results CSV."""
+    from tqdm.auto import tqdm
+
+    from .index import profile_retriever
+    from .profile_data import load_eval_sets
+
+    if datasets is None:
+        n = cfg.eval.questions_per_dataset
+        datasets = {name: recs[:n] if n else recs for name, recs in load_eval_sets(cfg).items()}
+    retriever = retriever if retriever is not None else profile_retriever(cfg)
+    plan = plan if plan is not None else evaluation_plan(cfg)
+    rows = []
+    for entry in tqdm(plan, desc="evaluation", unit="method"):
+        model = tok = None
+        for name, records in datasets.items():
+            out = cfg.path("eval", _slug(entry.label), name)
+            done = out / "results.csv"
+            if done.is_file() and int(read_csv(done)[0]["n"]) == len(records):
+                row = read_csv(done)[0]
+            else:
+                if model is None:
+                    model, tok = load_model_for_eval(entry.model, cfg)
+                row = evaluate(entry.method, model, tok, records, retriever, cfg, out, entry.model, name)
+            rows.append({**row, "label": entry.label})
+    return write_csv(cfg.path("eval", "results.csv"), rows)
+
+
+def read_paper_results(path: Path | str) -> list[dict]:
+    """The paper's published EM / F1 (`reference/paper_results.csv`), one row per table x model x method."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k in list(r):
+            if k.endswith(("_em", "_f1")):
+                r[k] = float(r[k])
+    return rows
+
+
+__all__ = ["Entry", "RESULT_FIELDS", "evaluation_plan", "read_paper_results", "run_evaluation"]

@@ -1,0 +1,30 @@
+"""The committed-notebook hygiene: stripping executed notebooks for the repository."""
+
+import json
+
+from stepsearch_lib.reproduce import notebook_paths, strip_for_commit
+
+
+def test_strip_removes_run_noise_but_keeps_outputs():
+    nb = {"metadata": {"papermill": {"duration": 3}}, "cells": [
+        {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": "PROFILE = 'cpu'", "outputs": []},
+        {"cell_type": "code", "metadata": {"tags": ["injected-parameters"]}, "source": "PROFILE = 'smoke'", "outputs": []},
+        {"cell_type": "code", "metadata": {"execution": {"t": 1}, "papermill": {"status": "ok"}}, "source": "x",
+         "outputs": [{"output_type": "stream", "name": "stderr", "text": "10%|#"},
+                     {"output_type": "stream", "name": "stdout", "text": "outputs ok"}]},
+    ]}
+    out = strip_for_commit(nb)
+    assert "papermill" not in out["metadata"] and len(out["cells"]) == 2
+    assert out["cells"][1]["metadata"] == {} and out["cells"][1]["outputs"] == [
+        {"output_type": "stream", "name": "stdout", "text": "outputs ok"}]
+    assert nb["cells"][2]["outputs"][0]["name"] == "stderr"  # input untouched
+
+
+def test_committed_notebooks_are_stripped_and_default_to_cpu():
+    for path in notebook_paths():
+        nb = json.loads(path.read_text())
+        assert "papermill" not in nb["metadata"], path
+        assert not any("injected-parameters" in c["metadata"].get("tags", []) for c in nb["cells"]), path
+        assert not any("execution" in c["metadata"] for c in nb["cells"]), path
+        params = "".join(nb["cells"][1]["source"])
+        assert 'os.environ.get("STEPSEARCH_PROFILE", "cpu")' in params, path
