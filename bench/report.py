@@ -115,7 +115,10 @@ def render() -> str:
                                                 ("update_s", "update s", ".1f"), ("peak_rss_mb", "peak RSS MB", ".0f")]))
         parts.append("\n" + _table(train["by_length"], [("tokens", "sequence tokens", ""), ("update_s", "update s", ".1f")]))
     parts += [f"\n![]({f})\n" for f in figs]
-    return "".join(parts)
+    missing = [n for n, x in (("rollout", roll), ("training", train)) if x is None]
+    if missing:
+        parts.append(f"\nNot measured yet on this machine: {', '.join(missing)} (`make bench BENCH=\"{' '.join(missing)}\"`).\n")
+    return "\n".join(parts)
 
 
 def main() -> Path:
