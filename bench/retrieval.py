@@ -50,6 +50,15 @@ def _gold_recall(hits_ids: list[list[str]], gold: list[set[str]]) -> float:
     return float(np.mean([len(set(h) & g) / len(g) for h, g in zip(hits_ids, gold) if g]))
 
 
+def _ranker_row(label: str, retriever, queries: list[str], gold: list[set[str]], flat_ids: list[list[str]]) -> dict:
+    """End-to-end QPS (batches of BATCH) and recall@10 of any `Retriever` (BM25, hybrid, HTTP)."""
+    hits, s = timed(lambda: [h for i in range(0, len(queries), BATCH)
+                             for h in retriever.batch_search(queries[i:i + BATCH], 10)])
+    ids = [[h.passage.id for h in hs] for hs in hits]
+    return {"index": label, "qps": len(queries) / s, "gold_recall10": _gold_recall(ids, gold),
+            "recall10_vs_flat": float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, flat_ids)]))}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -78,11 +87,7 @@ def run(profile: str = "cpu", n_queries: int = 512, synthetic_max: int = 200_000
     flat_ids = [[passages[i].id for i in r] for r in truth]
     for label, dirs in (("BM25", ["bm25"]), ("Hybrid (RRF)", ["dense", "bm25"])):
         retriever = retriever_from_dirs([cfg.path("index", d) for d in dirs], cfg.retrieval.rrf_k, encoder)
-        hits, s = timed(lambda: [h for i in range(0, len(queries), BATCH)
-                                 for h in retriever.batch_search(queries[i:i + BATCH], 10)])
-        ids = [[h.passage.id for h in hs] for hs in hits]
-        rows.append({"index": label, "qps": len(queries) / s, "gold_recall10": _gold_recall(ids, gold),
-                     "recall10_vs_flat": float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, flat_ids)]))})
+        rows.append(_ranker_row(label, retriever, queries, gold, flat_ids))
 
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "stepsearch_lib.server", "--index", str(cfg.path("index", "dense")),
@@ -99,11 +104,7 @@ def run(profile: str = "cpu", n_queries: int = 512, synthetic_max: int = 200_000
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise
                 time.sleep(1)
-        hits, s = timed(lambda: [h for i in range(0, len(queries), BATCH)
-                                 for h in remote.batch_search(queries[i:i + BATCH], 10)])
-        ids = [[h.passage.id for h in hs] for hs in hits]
-        rows.append({"index": "HTTP server (dense Flat)", "qps": len(queries) / s, "gold_recall10": _gold_recall(ids, gold),
-                     "recall10_vs_flat": float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, flat_ids)]))})
+        rows.append(_ranker_row("HTTP server (dense Flat)", remote, queries, gold, flat_ids))
     finally:
         proc.terminate()
         proc.wait(timeout=30)
