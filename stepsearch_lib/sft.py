@@ -59,11 +59,13 @@ def load_adapter(base_model, adapter_dir: Path | str, trainable: bool = True):
     return PeftModel.from_pretrained(base_model, str(adapter_dir), is_trainable=trainable)
 
 
-def protocol_rates(trajectories) -> dict:
-    """Share of rollouts that end with an answer block and that issue at least one search."""
+def protocol_rates(trajectories, scored=None) -> dict:
+    """Share of rollouts that pass the format gate and that issue at least one search. With the
+    rollouts' reward records (``scored``) the gate is the reward's own (`TrajectoryRewards.format_ok`);
+    without, a rollout passes when it produced an answer block."""
     n = max(1, len(trajectories))
-    return {"format_ok": sum(t.answer is not None for t in trajectories) / n,
-            "searched": sum(bool(t.queries) for t in trajectories) / n}
+    passed = [s.format_ok for s in scored] if scored is not None else [t.answer is not None for t in trajectories]
+    return {"format_ok": sum(passed) / n, "searched": sum(bool(t.queries) for t in trajectories) / n}
 
 
 def protocol_check(model, tokenizer, records: Sequence[dict], retriever, cfg) -> dict:
@@ -76,8 +78,7 @@ def protocol_check(model, tokenizer, records: Sequence[dict], retriever, cfg) ->
     scored = [score_trajectory(t.response_text(tokenizer), t.queries, t.step_docs, reward_cfg=cfg.reward, **gold_of(r))
               for t, r in zip(trajs, records)]
     n = max(1, len(trajs))
-    return {"questions": len(trajs), "format_ok": sum(s.format_ok for s in scored) / n,
-            "searched": sum(bool(t.queries) for t in trajs) / n,
+    return {"questions": len(trajs), **protocol_rates(trajs, scored),
             "searches_per_question": sum(len(t.queries) for t in trajs) / n,
             "answer_f1": sum(s.answer_f1 for s in scored) / n,
             "examples": [t.response_text(tokenizer) for t in trajs[:2]]}
