@@ -55,7 +55,7 @@ def run(profile: str = "cpu", n_questions: int = 16, batches=(1, 4, 8, 16), bf16
             generated = sum(sum(t.loss_mask) for t in trajs)
             rows.append({"batch": b, "generation_dtype": dtype or "float32", "seconds": s,
                          "generated_tokens": generated, "tokens_per_s": generated / s,
-                         "searches_per_question": sum(len(t.queries) for t in trajs) / len(trajs)})
+                         "searches_per_question": sum(t.num_searches for t in trajs) / len(trajs)})
     for r in rows:
         r["speedup_vs_batch1"] = r["tokens_per_s"] / rows[0]["tokens_per_s"]
     bw = memory_bandwidth_gbs()

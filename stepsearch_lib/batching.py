@@ -3,7 +3,8 @@
 Sequences are ``prompt + response``, right-padded. Every per-token tensor is (batch, length)
 over absolute positions; position p holds what concerns token p (its log-probability given the
 tokens before it, the value of the state before it, the reward it received). ``action_mask``
-is 1 exactly on the response tokens the policy generated (rollout loss mask 1).
+is 1 exactly on the response tokens the policy generated (rollout loss mask 1); ``response_mask`` is 1
+on every response token, forced information and warnings included (the released statistics' mask).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ class PPOBatch:
     token_rewards: torch.Tensor
     """Task rewards (step rewards on each ``</search>`` end, final reward on the last response token)."""
     response_start: list[int]
+    response_mask: torch.Tensor | None = None
+    """1 on every response token (generated or forced); None = the same as ``action_mask``."""
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -31,7 +34,17 @@ class PPOBatch:
     def select(self, idx: Sequence[int]) -> "PPOBatch":
         i = torch.as_tensor(list(idx))
         return PPOBatch(self.input_ids[i], self.attention_mask[i], self.action_mask[i], self.token_rewards[i],
-                        [self.response_start[j] for j in idx])
+                        [self.response_start[j] for j in idx],
+                        None if self.response_mask is None else self.response_mask[i])
+
+    def stats_mask(self, stats_tokens: str) -> torch.Tensor:
+        """The mask of GAE, the whitening statistics and the value loss: ``response`` (released: every
+        response token) or ``generated`` (the policy's own tokens)."""
+        if stats_tokens == "generated" or self.response_mask is None:
+            return self.action_mask
+        if stats_tokens != "response":
+            raise ValueError(f"ppo.stats_tokens must be 'response' or 'generated', got {stats_tokens!r}")
+        return self.response_mask
 
 
 def build_batch(trajectories, scored, pad_id: int, use_step_rewards: bool = True) -> PPOBatch:
@@ -45,6 +58,7 @@ def build_batch(trajectories, scored, pad_id: int, use_step_rewards: bool = True
     ids = torch.full((n, width), pad_id, dtype=torch.long)
     attn = torch.zeros((n, width), dtype=torch.long)
     act = torch.zeros((n, width), dtype=torch.float32)
+    resp = torch.zeros((n, width), dtype=torch.float32)
     rew = torch.zeros((n, width), dtype=torch.float32)
     starts = []
     for b, (t, s) in enumerate(zip(trajectories, scored)):
@@ -52,10 +66,11 @@ def build_batch(trajectories, scored, pad_id: int, use_step_rewards: bool = True
         ids[b, : p + r] = torch.tensor(t.prompt_ids + t.response_ids)
         attn[b, : p + r] = 1
         act[b, p : p + r] = torch.tensor(t.loss_mask, dtype=torch.float32)
+        resp[b, p : p + r] = 1.0
         steps = s.step_rewards if use_step_rewards else [0.0] * len(s.step_rewards)
         rew[b, p : p + r] = torch.from_numpy(place_rewards(r, t.search_end_idx, steps, s.final_reward)).float()
         starts.append(p)
-    return PPOBatch(ids, attn, act, rew, starts)
+    return PPOBatch(ids, attn, act, rew, starts, resp)
 
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask: torch.Tensor | None = None,

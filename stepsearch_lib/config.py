@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .overrides import apply_overrides
+from .profiles import FIDELITY_PRESETS, PROFILES
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 """The repository root (the folder that holds ``stepsearch_lib/``)."""
@@ -144,8 +145,20 @@ class RetrievalConfig:
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    template: str = "think"
-    """Tag set of the prompt: `think` (paper figures, Search-R1) or `plan` (released training prompt)."""
+    template: str = "plan"
+    """Tag set of the prompt: `plan` (the released training prompt) or `think` (paper figures, Search-R1)."""
+    turn_logic: str = "released"
+    """`released`: ``max_turns`` rounds in which searching is allowed (the last one warned: no more searches),
+    then one answering round with searching disabled; empty and nested ``<search>``/``<answer>`` blocks are
+    actions. `strict`: a search is refused (warning) once ``max_turns`` were executed; empty / nested blocks
+    are invalid; the episode ends after ``max_turns + 1`` rounds."""
+    doc_render: str = "released"
+    """How retrieved documents are written into the ``<information>`` block: `released` (``Doc i<## Title: T ##>
+    text``), `search_r1` (``Doc i(Title: "T") text``, what Search-R1-trained models saw) or `ours`
+    (``Doc i(Title: T) text``). The reward splits the block back with the same style's splitter."""
+    max_obs_tokens: int = 800
+    """Each forced observation (information block + warnings) is cut to this many tokens (released
+    ``max_obs_length`` 800; 0 = no cap)."""
     max_turns: int = 5
     """Maximum search turns before the model must answer (the paper: 5)."""
     max_new_tokens: int = 256
@@ -166,16 +179,31 @@ class RolloutConfig:
 
 @dataclass(frozen=True)
 class RewardConfig:
+    fidelity: str = "released"
+    """Preset of the fields below (and of ``ppo.stats_tokens``, ``ppo.*_warmup_frac``, ``rollout.turn_logic /
+    doc_render / max_obs_tokens / template``): `released` = what the released code computes, `paper` = the
+    paper's intent where the code has a quirk. See `profiles.FIDELITY_PRESETS`; any field can still be set."""
     name: str = "full"
     """Reward configuration: full, no_info_gain, no_redundancy, no_search_key, no_step, global_only."""
     search_key_weight: float = 0.618
     """Weight of the search-key reward added to the final answer reward (released: 0.618)."""
     search_key_mode: str = "released"
-    """How per-query scores combine: `released` (overwrite semantics of the released code) or `max`."""
+    """How per-query scores combine: `released` (each query overwrites the slot of its best-matching
+    sub-question, first on ties, nothing when it matches none) or `max` (each sub-question keeps its best query)."""
+    f1_decimals: int = 4
+    """Round every token F1 (answer and search key) to this many decimals, as the released code does (-1 = exact)."""
     step_scale: float = 0.6
     """Scale of the step reward IG_t - RP_t as written in the released code."""
-    released_step_quirk: bool = False
-    """Reproduce the released in-place add that makes the effective step scale 1 + step_scale (1.6)."""
+    released_step_quirk: bool = True
+    """The released in-place add makes the effective step scale 1 + step_scale (1.6, what the released run executed)."""
+    ig_normalize: bool = True
+    """SQuAD-normalise retrieved and gold documents before TF-IDF (released)."""
+    ig_fit: str = "doc_and_golds"
+    """TF-IDF fit of the information gain: `doc_and_golds` (released: one fit per retrieved doc on [doc] + every gold
+    doc of the question) or `pair` (one fit per (doc, gold) pair)."""
+    redundancy_match: str = "same_rank"
+    """When a retrieved document counts as seen before: `same_rank` (released: its splitter leaves the next
+    document's label on each piece, so only a repeat at the same rank matches) or `any_rank` (the paper's intent)."""
     format_penalty: float = -1.0
     """Reward when the response does not end with an answer block."""
 
@@ -207,7 +235,15 @@ class PPOConfig:
     max_grad_norm: float = 1.0
     """Gradient clipping norm."""
     whiten_advantages: bool = True
-    """Whiten advantages over trainable tokens."""
+    """Whiten advantages (mean-shifted, unbiased variance) over the ``stats_tokens``."""
+    stats_tokens: str = "response"
+    """Tokens of the whitening statistics, GAE and value loss: `response` (released: every response token,
+    retrieved documents and warnings included) or `generated` (only tokens the policy generated). The policy
+    loss, entropy and KL always use the generated tokens."""
+    actor_warmup_frac: float = 0.285
+    """Linear learning-rate warm-up of the actor over this share of the run's updates (released 0.285; 0 = none)."""
+    critic_warmup_frac: float = 0.05
+    """Linear learning-rate warm-up of the critic (released 0.05)."""
 
 
 @dataclass(frozen=True)
@@ -333,75 +369,7 @@ RUN_LAYOUT = {
 """Sub-folders of `runs/<profile>/` (see DESIGN.md)."""
 
 
-PROFILES: dict[str, dict[str, Any]] = {
-    "smoke": {
-        "model.policy": "tiny-random",
-        "data.corpus_limit": 1000,
-        "data.construct_writers": ("rules", "local_llm"),
-        "data.max_train_questions": 24,
-        "data.max_eval_questions": 8,
-        "rollout.max_turns": 2,
-        "rollout.max_new_tokens": 24,
-        "rollout.batch_size": 4,
-        "rollout.doc_words": 40,
-        "ppo.actor_lr": 1e-4,
-        "ppo.critic_lr": 1e-4,
-        "ppo.minibatch_size": 2,
-        "train.steps": 2,
-        "train.questions_per_step": 4,
-        "train.save_every": 1,
-        "train.sft_examples": 8,
-        "train.sft_eval_questions": 4,
-        "eval.bootstrap_samples": 100,
-        "eval.questions_per_dataset": 4,
-    },
-    "cpu": {
-        "data.construct_files": (
-            ("musique", "musique/musique_ans_train_subset.jsonl"),
-            ("2wiki", "2wikimultihopqa/train_subset_with_qa_pairs.jsonl"),
-            ("hotpotqa", "hotpotqa/hotpot_train_distractor_subset.jsonl"),
-        ),
-        "data.construct_writers": ("rules", "local_llm"),
-        "data.construct_llm_max_hops": 300,
-        "rollout.doc_words": 60,
-        "rollout.max_new_tokens": 128,
-        "ppo.minibatch_size": 2,
-        "ppo.actor_lr": 1e-5,
-        "ppo.critic_lr": 1e-5,
-        "train.steps": 8,
-        "train.questions_per_step": 4,
-        "train.init_adapter": "sft",
-        "data.max_eval_questions": 100,
-        "eval.questions_per_dataset": 20,
-        "eval.methods": ("naive", "rag"),
-    },
-    "gpu": {
-        # the full official files that `make data PROFILE=gpu` puts in the project's data/ folder
-        "data.data_root": "data",
-        "data.train_file": "musique/musique_ans_v1.0_train.jsonl",
-        "data.dev_file": "musique/musique_ans_v1.0_dev.jsonl",
-        "data.construct_files": (("musique", "musique/musique_ans_v1.0_train.jsonl"),),
-        "data.eval_files": (
-            ("hotpotqa", "hotpotqa/hotpot_dev_distractor_v1.json"),
-            ("2wiki", "2wikimultihopqa/dev.json"),
-            ("musique", "musique/musique_ans_v1.0_dev.jsonl"),
-            ("bamboogle", "bamboogle/test.jsonl"),
-        ),
-        "data.corpus_file": "corpus/wiki-18.jsonl",
-        "model.policy": "Qwen/Qwen2.5-3B-Instruct",
-        "model.encoder": "intfloat/e5-base-v2",
-        "model.load_in_4bit": True,
-        "model.dtype": "bfloat16",
-        "rollout.batch_size": 32,
-        "rollout.max_new_tokens": 512,
-        "ppo.actor_lr": 1e-5,
-        "ppo.critic_lr": 1e-5,
-        "ppo.minibatch_size": 8,
-        "train.steps": 200,
-        "train.questions_per_step": 32,
-    },
-}
-"""Named profiles as flat overrides of the defaults."""
+
 
 
 def get_config(profile: str = "cpu", overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> Config:
@@ -412,9 +380,47 @@ def get_config(profile: str = "cpu", overrides: Mapping[str, Any] | None = None,
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
-    cfg = apply_overrides(Config(profile=profile), PROFILES[profile])
     merged = {**(overrides or {}), **kwargs}
-    return apply_overrides(cfg, merged) if merged else cfg
+    # the fidelity preset first (it only sets defaults), then the profile, then the caller's overrides
+    probe = apply_overrides(apply_overrides(Config(profile=profile), PROFILES[profile]), merged)
+    fidelity = probe.reward.fidelity
+    if fidelity not in FIDELITY_PRESETS:
+        raise ValueError(f"config field 'reward.fidelity' must be one of {', '.join(FIDELITY_PRESETS)}, got {fidelity!r}")
+    cfg = apply_overrides(apply_overrides(Config(profile=profile), FIDELITY_PRESETS[fidelity]), PROFILES[profile])
+    cfg = apply_overrides(cfg, merged) if merged else cfg
+    check_choices(cfg)
+    return cfg
+
+
+def fidelity_configs(profile: str, overrides: Mapping[str, Any] | None = None, seed: int = 0) -> dict[str, Config]:
+    """One config per fidelity preset (`released`, `paper`), otherwise the same profile and overrides.
+
+    >>> {name: c.reward.redundancy_match for name, c in fidelity_configs("smoke").items()}
+    {'released': 'same_rank', 'paper': 'any_rank'}
+    """
+    return {name: get_config(profile, {**(overrides or {}), "reward.fidelity": name}, seed=seed)
+            for name in FIDELITY_PRESETS}
+
+
+CHOICES = {
+    "rollout.template": ("plan", "think"),
+    "rollout.turn_logic": ("released", "strict"),
+    "rollout.doc_render": ("released", "search_r1", "ours"),
+    "reward.search_key_mode": ("released", "max"),
+    "reward.ig_fit": ("doc_and_golds", "pair"),
+    "reward.redundancy_match": ("same_rank", "any_rank"),
+    "ppo.stats_tokens": ("response", "generated"),
+}
+"""Allowed values of the string fields that select a behaviour."""
+
+
+def check_choices(cfg: Config) -> None:
+    """Raise ValueError naming the field when a behaviour-selecting field has an unknown value."""
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise ValueError(f"config field {key!r} must be one of {', '.join(allowed)}, got {value!r}")
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

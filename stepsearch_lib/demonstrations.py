@@ -17,15 +17,15 @@ from .retrieval import Retriever
 
 
 def episode_pieces(queries: Sequence[str], docs_per_query: Sequence[Sequence[tuple[str, str]]], answer: str,
-                   template: str = "think") -> list[tuple[str, bool]]:
+                   template: str = "plan", doc_render: str = "released") -> list[tuple[str, bool]]:
     """A scripted response as (text, trainable) pieces: per query a reasoning + search turn and its
-    forced information block, then the answer turn."""
+    forced information block (rendered as a rollout renders it), then the answer turn."""
     tag = "plan" if template == "plan" else "think"
     pieces: list[tuple[str, bool]] = []
     for j, (query, docs) in enumerate(zip(queries, docs_per_query)):
         lead = "I need to find out" if j == 0 else "Next I need to find out"
         pieces.append((f"<{tag}> {lead}: {query}. </{tag}>\n<search> {query} </search>", True))
-        pieces.append((information_block(docs), False))
+        pieces.append((information_block(docs, doc_render), False))
     pieces.append((f"<{tag}> I have the information I need. </{tag}>\n<answer> {answer} </answer>", True))
     return pieces
 
@@ -46,7 +46,8 @@ def tokenize_pieces(prompt: str, pieces: Sequence[tuple[str, bool]], tokenizer) 
 
 
 def build_demonstrations(records: Sequence[dict], retriever: Retriever, tokenizer, n: int, topk: int = 3,
-                         doc_words: int = 0, template: str = "think", seed: int = 0) -> list[dict]:
+                         doc_words: int = 0, template: str = "plan", seed: int = 0, doc_render: str = "released"
+                         ) -> list[dict]:
     """``n`` demonstration rows (records cycled; a different surviving query each pass).
 
     Each row: ``input_ids``, ``completion_mask``, ``search_end_idx`` (absolute token positions),
@@ -64,7 +65,7 @@ def build_demonstrations(records: Sequence[dict], retriever: Retriever, tokenize
     for rec, c in zip(chosen, choices):
         queries = [q[c[j] % len(q)] for j, q in enumerate(rec["sub_searchs"])]
         hits = [[(h.passage.title, cut_words(h.passage.text, doc_words)) for h in next(results)] for _ in queries]
-        pieces = episode_pieces(queries, hits, rec["final_answer"], template)
+        pieces = episode_pieces(queries, hits, rec["final_answer"], template, doc_render)
         ids, mask, ends = tokenize_pieces(build_prompt(rec["question"], template, tokenizer), pieces, tokenizer)
         if tokenizer.eos_token_id is not None:
             ids, mask = ids + [tokenizer.eos_token_id], mask + [1]

@@ -87,7 +87,7 @@ def predict(method: str, model, tokenizer, records, retriever, cfg) -> list[dict
     questions = [r.question for r in records]
     if method == "agent":
         trajs = rollout_from_config(model, tokenizer, questions, retriever, cfg, greedy=True)
-        outs = [(t.answer or "", len(t.queries)) for t in trajs]
+        outs = [(t.answer or "", t.num_searches) for t in trajs]
     elif method in ("naive", "rag"):
         prompts = single_shot_prompts(method, questions, tokenizer, retriever, cfg.retrieval.topk,
                                       cfg.rollout.doc_words)

@@ -1,4 +1,4 @@
-"""The search protocol: prompt templates, tags, document rendering, and parsing model text.
+r"""The search protocol: prompt templates, tags, document rendering, and parsing model text.
 
 An episode is ``prompt -> (reasoning, <search> q </search>, <information> docs </information>)*
 -> reasoning, <answer> a </answer>``. Two tag sets are provided: ``think`` (the paper's figures,
@@ -9,8 +9,19 @@ and an observation after each information block). The wording is ours.
 Action(kind='search', content='Dai Jitao country')
 >>> parse_action("<think>ok</think><answer> China </answer> trailing")
 Action(kind='answer', content='China')
->>> split_docs(render_docs([("Dai Jitao", "A Chinese journalist."), ("China", "A country.")]))
-['Dai Jitao A Chinese journalist.', 'China A country.']
+
+Retrieved documents are rendered in one of three styles (`RolloutConfig.doc_render`), and the
+reward splits the block back with the same style's splitter:
+
+>>> docs = [("Dai Jitao", "A Chinese journalist."), ("China", "A country.")]
+>>> information_block(docs, "released")
+'\n\n<information> Doc 1<## Title: Dai Jitao ##> A Chinese journalist.\nDoc 2<## Title: China ##> A country. </information>\n\n'
+>>> split_docs(information_block(docs, "released"), "released")  # the released splitter keeps the next label
+['A Chinese journalist.\nDoc 2', 'A country.']
+>>> information_block(docs, "search_r1")
+'\n\n<information>Doc 1(Title: "Dai Jitao") A Chinese journalist.\nDoc 2(Title: "China") A country.</information>\n\n'
+>>> split_docs(information_block(docs, "ours"), "ours")
+['A Chinese journalist.', 'A country.']
 """
 
 from __future__ import annotations
@@ -50,16 +61,18 @@ STOP_STRINGS = ("</search>", "</answer>")
 """A turn ends at the first of these."""
 
 INVALID_ACTION_WARNING = (
-    "\n<warning>That was not a valid action. To search, write <search> query </search>; to finish, write "
-    "<answer> final answer </answer>.</warning>\n"
+    "\n<warning> That was not a valid action. To search, I write my query inside <search> and </search>; to "
+    "finish, I write the final answer inside <answer> and </answer>. Let me continue. </warning>\n"
 )
-"""Forced after a turn that neither searched nor answered (the episode continues)."""
+"""Forced after a turn that neither searched nor answered (the episode continues). The released
+spacing (a newline on each side, spaces inside the tags); the wording is ours."""
 
 LAST_SEARCH_WARNING = (
-    "\n<warning>No more searches are possible. Give your final answer now inside <answer> and </answer>."
-    "</warning>\n"
+    "<warning> I cannot search any more. I must answer from what I have found: next I give my final "
+    "answer inside <answer> and </answer>. </warning>\n\n"
 )
-"""Forced after the last allowed search."""
+"""Appended to the observation of the last round in which searching is allowed (after an
+information block, which ends in a blank line, or after the invalid-action warning)."""
 
 
 DIRECT_PROMPT = (
@@ -100,16 +113,34 @@ class Action:
 _ACTION = re.compile(r"<(search|answer)>(.*?)</\1>", re.S)
 
 
-def parse_action(turn_text: str) -> Action:
-    """The first complete ``<search>``/``<answer>`` block of a turn. Unclosed tags, empty
-    contents and nested tags of the same kind are invalid."""
+def parse_action(turn_text: str, lenient: bool = False) -> Action:
+    """The first complete ``<search>``/``<answer>`` block of a turn. Unclosed tags are invalid.
+
+    ``lenient=False`` (`strict` turn logic): empty contents and nested tags of the same kind are invalid too.
+    ``lenient=True`` (`released` turn logic): they are actions, as the released parser takes them.
+
+    >>> parse_action("<search></search>"), parse_action("<search></search>", lenient=True)
+    (Action(kind='invalid', content=''), Action(kind='search', content=''))
+    >>> parse_action("<search> a <search> b </search>", lenient=True)
+    Action(kind='search', content='a <search> b')
+    """
     m = _ACTION.search(turn_text)
     if not m:
         return Action("invalid")
     kind, content = m.group(1), m.group(2).strip()
-    if not content or f"<{kind}>" in content:
+    if not lenient and (not content or f"<{kind}>" in content):
         return Action("invalid")
     return Action(kind, content)
+
+
+def key_query(search_block_content: str) -> str:
+    """The query text the search-key reward scores: the block's content with any inner search tags
+    removed (the released reward strips ``<search>`` / ``</search>`` from each block).
+
+    >>> key_query(" a <search> b ")
+    'a  b'
+    """
+    return re.sub(r"</?search>", "", search_block_content).strip()
 
 
 def cut_at_stop(text: str, stops: Sequence[str] = STOP_STRINGS) -> tuple[str, bool]:
@@ -118,7 +149,11 @@ def cut_at_stop(text: str, stops: Sequence[str] = STOP_STRINGS) -> tuple[str, bo
     return (text[: min(ends)], True) if ends else (text, False)
 
 
+RENDERINGS = ("released", "search_r1", "ours")
+"""Document rendering styles (`RolloutConfig.doc_render`)."""
+
 _DOC_HEAD = re.compile(r"Doc \d+\(Title: ")
+_LABEL_TAIL = re.compile(r"\s*Doc \d+$")
 
 
 def cut_words(text: str, n: int) -> str:
@@ -126,24 +161,69 @@ def cut_words(text: str, n: int) -> str:
     return text if n <= 0 else " ".join(text.split()[:n])
 
 
-def render_docs(docs: Sequence[tuple[str, str]]) -> str:
-    """``Doc i(Title: T) text`` lines, one per retrieved (title, text)."""
-    return "".join(f"Doc {i}(Title: {title}) {text}\n" for i, (title, text) in enumerate(docs, 1))
+def _check_style(style: str) -> None:
+    if style not in RENDERINGS:
+        raise ValueError(f"unknown document rendering {style!r}; expected one of {', '.join(RENDERINGS)}")
 
 
-def information_block(docs: Sequence[tuple[str, str]]) -> str:
-    """The forced block appended after a search (wrapped in blank lines)."""
-    return f"\n\n<information>{render_docs(docs)}</information>\n\n"
+def render_docs(docs: Sequence[tuple[str, str]], style: str = "ours") -> str:
+    """One line per retrieved (title, text): ``released`` ``Doc i<## Title: T ##> text``, ``search_r1``
+    ``Doc i(Title: "T") text`` (Search-R1 keeps wiki-18's quotes), ``ours`` ``Doc i(Title: T) text``."""
+    _check_style(style)
+    if style == "released":
+        return "".join(f"Doc {i}<## Title: {title} ##> {text}\n" for i, (title, text) in enumerate(docs, 1))
+    quote = '"' if style == "search_r1" else ""
+    return "".join(f"Doc {i}(Title: {quote}{title}{quote}) {text}\n" for i, (title, text) in enumerate(docs, 1))
 
 
-def split_docs(rendered: str) -> list[str]:
-    """Split rendered documents back into ``title text`` strings (what the rewards compare)."""
-    parts = _DOC_HEAD.split(rendered)[1:]
-    out = []
-    for part in parts:
-        title, _, text = part.partition(") ")
-        out.append(f"{title} {text.strip()}".strip())
-    return out
+def information_block(docs: Sequence[tuple[str, str]], style: str = "ours") -> str:
+    """The forced block appended after a search. ``released``: ``\\n\\n<information> {docs} </information>\\n\\n``
+    (rendered text stripped); ``search_r1``: the same without the inner spaces; ``ours``: unstripped, no spaces."""
+    rendered = render_docs(docs, style)
+    if style == "released":
+        return f"\n\n<information> {rendered.strip()} </information>\n\n"
+    if style == "search_r1":
+        return f"\n\n<information>{rendered.strip()}</information>\n\n"
+    return f"\n\n<information>{rendered}</information>\n\n"
+
+
+def information_content(observation: str) -> str:
+    """The text between ``<information>`` and ``</information>`` of an observation, stripped (to the end
+    when the observation cap cut the closing tag off)."""
+    _, _, rest = observation.partition("<information>")
+    return rest.split("</information>")[0].strip()
+
+
+def split_docs(block: str, style: str = "ours") -> list[str]:
+    """The documents of a rendered block (or of a whole observation) as the reward compares them.
+
+    ``released``: the released splitter, literally -- the text after each ``##>`` up to the next ``<##``,
+    stripped; every piece but the last keeps the next document's ``Doc k`` label. ``search_r1`` / ``ours``:
+    each document's text after its ``Doc i(Title: ...)`` head."""
+    _check_style(style)
+    content = information_content(block) if "<information>" in block else block
+    if style == "released":
+        return [piece.split("<##")[0].strip() for piece in content.split("##>")[1:]]
+    return [_after_title(part).strip() for part in _DOC_HEAD.split(content)[1:]]
+
+
+def _after_title(part: str) -> str:
+    """The text after the title's closing parenthesis (titles may hold balanced parentheses themselves)."""
+    depth = 1
+    for i, ch in enumerate(part):
+        depth += (ch == "(") - (ch == ")")
+        if depth == 0:
+            return part[i + 1:]
+    return ""
+
+
+def doc_identity(piece: str) -> str:
+    """A split piece without the trailing ``Doc k`` label the released splitter leaves on it.
+
+    >>> doc_identity("A Chinese journalist.\\nDoc 2")
+    'A Chinese journalist.'
+    """
+    return _LABEL_TAIL.sub("", piece)
 
 
 _ANSWER_AT_END = re.compile(r"<answer>(.*?)</answer>\s*$", re.S)

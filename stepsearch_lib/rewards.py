@@ -1,21 +1,33 @@
-"""StepSearch rewards: pure functions, faithful to the released recipe (../shared/reference).
+"""StepSearch rewards: pure functions, faithful to the released recipe (../shared/reference/README.md).
 
-Global (on the last response token):
+Global (on the last response token), F1 rounded to 4 decimals as released (``reward.f1_decimals``):
     r_answer = F1(answer, golds)                       if the response ends with <answer>...</answer>
              = -1                                      otherwise (format gate)
-    r_key    = mean_j max_{s in queries, g in G_j} F1(s, g)   (`max` mode; `released` mode: see below)
-    r_final  = r_answer + 0.618 * r_key                (the gate's -1 is final: no key bonus)
-Per search step t (on the last token of its </search>):
-    c_{t,i} = max_{d in D_t} cos_tfidf(d, g_i);  IG_t = mean_i max(0, c_{t,i} - M_{t-1,i});  M_{t,i} = max(M_{t-1,i}, c_{t,i})
-    RP_t    = |{d in D_t : d retrieved at a step < t}| / |D_t|
-    r_t     = 0.6 * (IG_t - RP_t)                       (x 1.6 with the released in-place-add quirk)
+    r_key    = (1/J) sum_j slot_j   where each query q, in order, scores s_j(q) = max_{g in G_j} F1(q, g)
+               against every sub-question j and OVERWRITES slot_{j*} with s_{j*}(q), j* = argmax_j s_j(q)
+               (first on ties; nothing when max_j s_j(q) = 0)      (`released` mode; `max`: slot_j = max_q s_j(q))
+    r_final  = r_answer + 0.618 * r_key                (the gate's -1 is final: no key bonus, no step rewards)
+Per search step t (on the last token of its </search>), only when the gate passes and gold docs exist:
+    c_{t,i} = max_{d in D_t} cos_tfidf(norm(d), norm(g_i)), TF-IDF fitted on [d] + every gold doc (``ig_fit``)
+    IG_t    = (1/I) sum_i max(0, c_{t,i} - M_{t-1,i});   M_{t,i} = max(M_{t-1,i}, c_{t,i})
+    RP_t    = |{d in D_t : d retrieved at a step < t}| / |D_t|      (``redundancy_match``: same rank / any rank)
+    r_t     = 1.6 * (IG_t - RP_t)                       (0.6 as written, 1 + 0.6 with the released in-place add)
+
+Released bugs this module does NOT copy (each pinned by a test in tests/test_rewards.py):
+* step drift: the released code finds the t-th ``</search>`` by re-encoding the decoded response prefix, which
+  from the 2nd search on lands a few tokens early; we place r_t on the recorded index of the token that ends
+  the t-th executed ``</search>`` (`place_rewards`).
+* reward inside a warning: its regex can start at the literal ``<search>`` inside the invalid-action warning,
+  so r_t lands on the warning's ``</search>``; our positions come from the rollout, never from text.
+* the warning as a query: the key reward's regex counts the warning's literal ``<search> and </search>`` as a
+  query "and"; our queries are the search blocks the policy generated (`rollout.Trajectory.queries`).
 
 TRL-style wrappers at the bottom take ``(completions, **columns) -> list[float]``.
 
 >>> round(f1_score("the Eiffel tower", "Eiffel Tower in Paris"), 3)
 0.667
->>> search_key_reward(["Dai Jitao country", "China debt"], [["Dai Jitao nationality"], ["China debt US"]], mode="max")
-0.7333333333333334
+>>> search_key_reward(["Dai Jitao country", "China debt"], [["Dai Jitao nationality"], ["China debt US"]])
+0.73335
 """
 
 from __future__ import annotations
@@ -24,12 +36,12 @@ import math
 import re
 import string
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
 
-from .protocol import ends_with_answer, extract_answer
+from .protocol import doc_identity, ends_with_answer, extract_answer, extract_queries
 
 REWARD_CONFIGS = {
     "full": {"info_gain": True, "redundancy": True, "search_key": True},
@@ -86,24 +98,37 @@ def answer_reward(response: str, golds: Sequence[str], format_penalty: float = -
 # ----------------------------------------------------------------------------- search-key reward
 
 
-def search_key_reward(queries: Sequence[str], gold_keys: Sequence[Sequence[str]], mode: str = "released") -> float:
-    """Mean over sub-questions of how well the issued queries match that sub-question's gold queries.
+def _rounded(x: float, decimals: int) -> float:
+    return round(x, decimals) if decimals >= 0 else x
 
-    ``max``: each sub-question takes the best F1 of any issued query against any of its gold queries.
-    ``released``: as the released loop is written, each query *overwrites* every sub-question's
-    score with its own best F1, so only the last query counts (the quirk, kept for faithfulness).
-    No queries or no gold keys -> 0.
+
+def search_key_reward(queries: Sequence[str], gold_keys: Sequence[Sequence[str]], mode: str = "released",
+                      decimals: int = 4) -> float:
+    """How well the issued queries match the gold sub-question queries, in [0, 1].
+
+    s_j(q) = max_{g in G_j} F1(q, g) (rounded to ``decimals``, -1 = exact). ``released`` (the released loop):
+    one slot per sub-question, all 0; each query in order finds j* = argmax_j s_j(q) (the first on ties) and,
+    if s_{j*}(q) > 0, OVERWRITES slot_{j*} with it (a later, worse query replaces an earlier, better one;
+    other slots are untouched). ``max``: slot_j = max_q s_j(q). Reward = mean of the slots; 0 with no
+    queries or no keys.
+
+    >>> search_key_reward(["Dai Jitao country", "unrelated", "Dai Jitao"], [["Dai Jitao country"]])
+    0.8
     """
     if mode not in ("released", "max"):
         raise ValueError(f"mode must be 'released' or 'max', got {mode!r}")
     if not queries or not gold_keys:
         return 0.0
-    scores = [0.0] * len(gold_keys)
+    slots = [0.0] * len(gold_keys)
     for q in queries:
-        for j, keys in enumerate(gold_keys):
-            s = max((f1_score(q, k) for k in keys), default=0.0)
-            scores[j] = s if mode == "released" else max(scores[j], s)
-    return sum(scores) / len(scores)
+        scores = [_rounded(max((f1_score(q, k) for k in keys), default=0.0), decimals) for keys in gold_keys]
+        if mode == "max":
+            slots = [max(a, b) for a, b in zip(slots, scores)]
+            continue
+        best = max(range(len(scores)), key=lambda j: (scores[j], -j))  # highest score, first index on ties
+        if scores[best] > 0:
+            slots[best] = scores[best]  # overwrite: the latest matching query decides this sub-question
+    return sum(slots) / len(slots)
 
 
 # ----------------------------------------------------------------------------- TF-IDF similarity
@@ -113,8 +138,8 @@ _IDF_ONE = 1.0 + math.log(1.5)  # smooth idf of a term in one of the two fitted 
 
 
 def tfidf_pair_cosine_reference(doc: str, gold: str) -> float:
-    """As released: a TfidfVectorizer fitted on the pair (doc, gold), then their cosine.
-    A pair with no token at all (sklearn's "empty vocabulary") has similarity 0."""
+    """``ig_fit = "pair"``: a TfidfVectorizer fitted on the pair (doc, gold), then their cosine (not what the
+    released code does: see `tfidf_cosine_reference`). No token at all -> 0."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     if not _TOKEN.search(doc.lower()) or not _TOKEN.search(gold.lower()):
@@ -123,8 +148,22 @@ def tfidf_pair_cosine_reference(doc: str, gold: str) -> float:
     return float((m[0] @ m[1].T).toarray()[0, 0])
 
 
+def _counts(docs: Sequence[str], golds: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Raw term counts (sklearn's lower-casing and token pattern) of docs and golds over one vocabulary."""
+    vocab: dict[str, int] = {}
+    bags = [Counter(_TOKEN.findall(text.lower())) for text in (*docs, *golds)]
+    for bag in bags:
+        for tok in bag:
+            vocab.setdefault(tok, len(vocab))
+    counts = np.zeros((len(bags), max(len(vocab), 1)))  # dense: a trajectory's docs share a few hundred terms
+    for r, bag in enumerate(bags):
+        if bag:
+            counts[r, [vocab[t] for t in bag]] = list(bag.values())
+    return counts[:len(docs)], counts[len(docs):]
+
+
 def tfidf_pair_cosine_matrix(docs: Sequence[str], golds: Sequence[str]) -> np.ndarray:
-    """Vectorised equivalent of `tfidf_pair_cosine_reference` for every (doc, gold) pair.
+    """Vectorised `tfidf_pair_cosine_reference` for every (doc, gold) pair.
 
     Fitting on a pair gives idf 1 to a term in both documents and 1 + ln 1.5 to a term in one,
     so with raw counts A (docs) and B (golds):
@@ -132,15 +171,7 @@ def tfidf_pair_cosine_matrix(docs: Sequence[str], golds: Sequence[str]) -> np.nd
     """
     if not docs or not golds:
         return np.zeros((len(docs), len(golds)))
-    vocab: dict[str, int] = {}
-    bags = [Counter(_TOKEN.findall(text.lower())) for text in (*docs, *golds)]
-    for bag in bags:
-        for tok in bag:
-            vocab.setdefault(tok, len(vocab))
-    counts = np.zeros((len(bags), len(vocab)))  # dense: a step's few docs share a vocabulary of a few hundred terms
-    for r, bag in enumerate(bags):
-        counts[r, [vocab[t] for t in bag]] = list(bag.values())
-    A, B = counts[:len(docs)], counts[len(docs):]
+    A, B = _counts(docs, golds)
     w2 = _IDF_ONE ** 2
     A2, B2 = A * A, B * B
     dot = A @ B.T
@@ -151,40 +182,109 @@ def tfidf_pair_cosine_matrix(docs: Sequence[str], golds: Sequence[str]) -> np.nd
         return np.where(denom > 0, dot / denom, 0.0)
 
 
+def tfidf_cosine_reference(doc: str, golds: Sequence[str]) -> np.ndarray:
+    """As released (``ig_fit = "doc_and_golds"``): one TfidfVectorizer (sklearn defaults) fitted on
+    [doc] + golds, the cosine of the doc with each gold, negatives clipped; an empty doc -> zeros.
+    (The released code raises on a fit with no token at all; that gives zeros here.)"""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.metrics.pairwise import cosine_similarity
+
+    if doc == "" or not golds:
+        return np.zeros(len(golds))
+    if not any(_TOKEN.search(t.lower()) for t in (doc, *golds)):
+        return np.zeros(len(golds))
+    m = TfidfVectorizer().fit_transform([doc, *golds])
+    return np.maximum(cosine_similarity(m[0], m[1:]).ravel(), 0.0)
+
+
+def tfidf_cosine_matrix(docs: Sequence[str], golds: Sequence[str]) -> np.ndarray:
+    """Vectorised `tfidf_cosine_reference` for every doc at once (rows: docs, columns: golds).
+
+    With n = 1 + |G| fitted documents and smooth idf, a term's idf only depends on whether the doc r holds it:
+        idf0(t) = ln((1 + n) / (1 + df_G(t))) + 1          (t not in doc r)
+        idf1(t) = ln((1 + n) / (2 + df_G(t))) + 1          (t in doc r)
+        cos(r, i) = sum_t A_rt B_it idf1^2 / (sqrt(sum_t A_rt^2 idf1^2) sqrt(sum_t B_it^2 idf_r(t)^2))
+    where the gold's norm under doc r's idf is  B^2 idf0^2 + 1[A_r > 0] B^2 (idf1^2 - idf0^2).
+    """
+    if not docs or not golds:
+        return np.zeros((len(docs), len(golds)))
+    A, B = _counts(docs, golds)
+    n = 1 + len(golds)
+    df_g = (B > 0).sum(axis=0)
+    idf0_2 = (np.log((1 + n) / (1 + df_g)) + 1) ** 2
+    idf1_2 = (np.log((1 + n) / (2 + df_g)) + 1) ** 2
+    dot = (A * idf1_2) @ B.T
+    norm_a = np.sqrt((A * A) @ idf1_2)[:, None]
+    B2 = B * B
+    norm_b = np.sqrt(np.clip((B2 @ idf0_2)[None, :] + (A > 0) @ (B2 * (idf1_2 - idf0_2)).T, 0, None))
+    denom = norm_a * norm_b
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sim = np.where(denom > 0, dot / denom, 0.0)
+    empty = np.array([d == "" for d in docs])
+    sim[empty] = 0.0  # the released similarity returns zeros for an empty document
+    return np.maximum(sim, 0.0)
+
+
 # ----------------------------------------------------------------------------- step rewards
 
 
-def information_gain(step_docs: Sequence[Sequence[str]], gold_docs: Sequence[str], fast: bool = True) -> list[float]:
-    """IG_t for every search step: mean over gold docs of the positive gain over the running max."""
+def information_gain(step_docs: Sequence[Sequence[str]], gold_docs: Sequence[str], fast: bool = True,
+                     normalize: bool = True, fit: str = "doc_and_golds") -> list[float]:
+    """IG_t for every search step: mean over gold docs of the positive gain over the running max.
+
+    ``normalize``: SQuAD-normalise both sides first (released). ``fit``: ``doc_and_golds`` (released: TF-IDF
+    fitted on [doc] + all gold docs) or ``pair``. ``fast=False`` computes every cosine with scikit-learn.
+    No gold docs -> every IG_t is 0 (and `combine_rewards` pays no step reward at all)."""
+    if fit not in ("doc_and_golds", "pair"):
+        raise ValueError(f"fit must be 'doc_and_golds' or 'pair', got {fit!r}")
     if not gold_docs:
         return [0.0] * len(step_docs)
-    memory = np.zeros(len(gold_docs))
+    prep = normalize_answer if normalize else (lambda x: x)
+    golds = [prep(g) for g in gold_docs]
+    steps = [[prep(d) for d in docs] for docs in step_docs]
+    flat = [d for docs in steps for d in docs]
     if fast:  # one similarity matrix for every step's documents at once, sliced per step below
-        flat = [d for docs in step_docs for d in docs]
-        all_sim = tfidf_pair_cosine_matrix(flat, gold_docs)
+        all_sim = (tfidf_cosine_matrix if fit == "doc_and_golds" else tfidf_pair_cosine_matrix)(flat, golds)
+    elif fit == "doc_and_golds":
+        all_sim = np.array([tfidf_cosine_reference(d, golds) for d in flat]).reshape(len(flat), len(golds))
+    else:
+        all_sim = np.array([[tfidf_pair_cosine_reference(d, g) for g in golds] for d in flat]).reshape(len(flat), len(golds))
+    memory = np.zeros(len(golds))
     gains, start = [], 0
-    for docs in step_docs:
+    for docs in steps:
         if not docs:
             gains.append(0.0)
             continue
-        if fast:
-            sim = all_sim[start:start + len(docs)]
-            start += len(docs)
-        else:
-            sim = np.array([[tfidf_pair_cosine_reference(d, g) for g in gold_docs] for d in docs])
-        c = sim.max(axis=0)  # c_{t,i}: best retrieved doc for gold doc i
+        c = all_sim[start:start + len(docs)].max(axis=0)  # c_{t,i}: best retrieved doc for gold doc i
+        start += len(docs)
         gains.append(float(np.maximum(0.0, c - memory).mean()))  # IG_t = mean_i max(0, c_{t,i} - M_{t-1,i})
         memory = np.maximum(memory, c)  # M_{t,i} = max(M_{t-1,i}, c_{t,i})
     return gains
 
 
-def redundancy_penalty(step_docs: Sequence[Sequence[str]]) -> list[float]:
-    """RP_t: share of step t's documents (exact text) already retrieved at an earlier step."""
-    seen: set[str] = set()
+def redundancy_penalty(step_docs: Sequence[Sequence[str]], match: str = "any_rank") -> list[float]:
+    """RP_t: share of step t's documents already seen (at an earlier step, or earlier in step t).
+
+    ``any_rank`` (the paper's intent): a document is its text (`protocol.doc_identity` drops the label the
+    released splitter leaves). ``same_rank`` (released): a document is (rank, piece), which is what the
+    released exact-string comparison of split pieces amounts to. Each repeat adds 1/|D_t|, in order.
+
+    >>> redundancy_penalty([["a", "b"], ["b", "a"]], "any_rank"), redundancy_penalty([["a", "b"], ["b", "a"]], "same_rank")
+    ([0.0, 1.0], [0.0, 0.0])
+    """
+    if match not in ("same_rank", "any_rank"):
+        raise ValueError(f"match must be 'same_rank' or 'any_rank', got {match!r}")
+    seen: set = set()
     out = []
     for docs in step_docs:
-        out.append(sum(d in seen for d in docs) / len(docs) if docs else 0.0)
-        seen.update(docs)
+        penalty = 0.0
+        for rank, d in enumerate(docs):
+            key = (rank, d) if match == "same_rank" else doc_identity(d)
+            if key in seen:
+                penalty += 1 / len(docs)
+            else:
+                seen.add(key)
+        out.append(penalty)
     return out
 
 
@@ -199,35 +299,45 @@ class TrajectoryRewards:
     answer_reward: float
     search_key: float
     info_gain: list[float] = field(default_factory=list)
+    """IG_t as measured (also when the gate fails; then no step reward is paid)."""
     redundancy: list[float] = field(default_factory=list)
     step_rewards: list[float] = field(default_factory=list)
+    """What is paid per executed search: 0 when the gate fails or the question has no gold docs."""
     final_reward: float = 0.0
+    has_gold_docs: bool = True
 
 
 def score_trajectory(response: str, queries: Sequence[str], step_docs: Sequence[Sequence[str]], answers: Sequence[str],
                      gold_keys: Sequence[Sequence[str]], gold_docs: Sequence[str], reward_cfg, fast: bool = True
                      ) -> TrajectoryRewards:
-    """Every reward of one trajectory under a `RewardConfig` (its ``name`` picks the components)."""
+    """Every reward of one trajectory under a `RewardConfig` (its ``name`` picks the components, its other
+    fields the released / paper behaviours).
+
+    ``queries``: every search the policy wrote (the key reward scores them); ``step_docs``: per executed
+    search, the documents as `protocol.split_docs` returns them; ``gold_docs``: the gold paragraphs' text."""
+    decimals = reward_cfg.f1_decimals
     pred = extract_answer(response)
     fmt = ends_with_answer(response)
+    f1 = _rounded(best_f1(pred, answers), decimals) if fmt else 0.0
     scored = TrajectoryRewards(
-        answer_f1=best_f1(pred, answers) if fmt else 0.0, answer_em=best_em(pred, answers) if fmt else 0.0,
-        format_ok=fmt, answer_reward=answer_reward(response, answers, reward_cfg.format_penalty),
-        search_key=search_key_reward(queries, gold_keys, reward_cfg.search_key_mode),
-        info_gain=information_gain(step_docs, gold_docs, fast), redundancy=redundancy_penalty(step_docs))
+        answer_f1=f1, answer_em=best_em(pred, answers) if fmt else 0.0,
+        format_ok=fmt, answer_reward=f1 if fmt else reward_cfg.format_penalty,
+        search_key=search_key_reward(queries, gold_keys, reward_cfg.search_key_mode, decimals),
+        info_gain=information_gain(step_docs, gold_docs, fast, reward_cfg.ig_normalize, reward_cfg.ig_fit),
+        redundancy=redundancy_penalty(step_docs, reward_cfg.redundancy_match), has_gold_docs=bool(gold_docs))
     return combine_rewards(scored, reward_cfg)
 
 
 def combine_rewards(scored: TrajectoryRewards, reward_cfg) -> TrajectoryRewards:
     """Step and final rewards from already computed components under ``reward_cfg`` (cheap: lets
     one scoring serve every reward configuration)."""
-    from dataclasses import replace
-
     parts = REWARD_CONFIGS[reward_cfg.name]
     # the released code adds the scaled reward in place onto the unscaled one: effective 1 + 0.6
     scale = (1.0 + reward_cfg.step_scale) if reward_cfg.released_step_quirk else reward_cfg.step_scale
+    # a failed gate is -1, full stop; a question without gold docs gets no step rewards (released)
+    paid = scored.format_ok and scored.has_gold_docs
     # r_t = scale * (IG_t - RP_t), with the components the configuration turns off set to 0
-    steps = [scale * ((g if parts["info_gain"] else 0.0) - (p if parts["redundancy"] else 0.0))
+    steps = [scale * ((g if parts["info_gain"] else 0.0) - (p if parts["redundancy"] else 0.0)) if paid else 0.0
              for g, p in zip(scored.info_gain, scored.redundancy)]
     # r_final = r_answer + 0.618 * r_key (the format gate's penalty stands alone)
     bonus = reward_cfg.search_key_weight * scored.search_key if parts["search_key"] and scored.format_ok else 0.0
@@ -263,7 +373,6 @@ def answer_f1_reward(completions: Sequence[str], golden_answers: Sequence[Sequen
 
 def search_key_score(completions: Sequence[str], search_keys: Sequence[Sequence[Sequence[str]]], mode: str = "released",
                      **_) -> list[float]:
-    """TRL-style: the search-key reward of each completion's ``<search>`` queries."""
-    from .protocol import extract_queries
-
+    """TRL-style: the search-key reward of each completion's ``<search>`` queries (text-parsed: a completion
+    that holds forced warning text should pass its generated queries to `search_key_reward` instead)."""
     return [search_key_reward(extract_queries(c), k, mode) for c, k in zip(completions, search_keys)]

@@ -1,17 +1,22 @@
 """Batched multi-turn search rollouts with forced information tokens and loss masks.
 
 Each round, the still-active trajectories of a batch generate together (left padding, one
-``generate`` call with its KV cache) until ``</search>`` or ``</answer>``. Then, per trajectory:
+``generate`` call with its KV cache) until ``</search>`` or ``</answer>``. What the environment does
+with each turn is `plan_turn`, a pure function of the turn text and the round (``rollout.turn_logic``):
 
-* ``<search> q </search>`` -> the retriever's top-k documents are appended as a forced
-  ``<information>`` block (loss mask 0); the token index where ``</search>`` ends is recorded
-  (step rewards go there). After the last allowed search a warning asks for the answer.
-* ``<answer> a </answer>`` -> the trajectory is done.
-* anything else -> a forced warning restating the syntax (mask 0); the episode continues.
+* ``released`` (the released loop): ``max_turns`` rounds in which searching is allowed, then one final
+  round with searching disabled, so the model always gets an answering round. A search is executed and
+  its top-k documents appended as a forced ``<information>`` block (loss mask 0); anything that is not a
+  search or an answer gets a forced warning and the episode continues; on round ``max_turns`` (the last
+  search round) a second warning says no more searching is possible, whatever number of searches happened.
+  Empty and nested ``<search>`` / ``<answer>`` blocks are actions. In the final round a search is recorded
+  (the key reward scores it) but not executed, and the episode ends.
+* ``strict``: searches are executed until ``max_turns`` of them happened; a search beyond that, an empty or
+  nested block, or anything else gets a warning; at most ``max_turns + 1`` rounds.
 
-Trajectories stop after ``max_turns`` searches plus one answering round, or at the length cap.
-Sampling runs under ``torch.random.fork_rng`` seeded from the call's ``seed``: results are
-reproducible and the caller's global RNG is untouched.
+Every forced observation is cut to ``max_obs_tokens`` tokens (released: 800). The token index where
+each executed ``</search>`` ends is recorded (step rewards go there). Sampling runs under
+``torch.random.fork_rng`` seeded from the call's ``seed``: reproducible, the caller's global RNG untouched.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .protocol import (
     INVALID_ACTION_WARNING, LAST_SEARCH_WARNING, STOP_STRINGS, build_prompt, cut_at_stop, cut_words, information_block,
-    parse_action, render_docs, split_docs,
+    key_query, parse_action, split_docs,
 )
 from .retrieval import Retriever
 
@@ -39,12 +44,20 @@ class Trajectory:
     search_end_idx: list[int] = field(default_factory=list)
     """Response-token index of the last token of each executed ``</search>``."""
     queries: list[str] = field(default_factory=list)
+    """Every search block the policy wrote, in order, as the key reward reads it (`protocol.key_query`);
+    under `released` turn logic this includes a search written in the final round, which is not executed."""
     step_docs: list[list[str]] = field(default_factory=list)
-    """Per executed search, the documents as the reward compares them (``title text``)."""
+    """Per executed search, the documents as the reward compares them (`protocol.split_docs` of the
+    observation the model saw, after the cap)."""
     step_doc_ids: list[list[str]] = field(default_factory=list)
     answer: str | None = None
     invalid_turns: int = 0
     done: bool = False
+
+    @property
+    def num_searches(self) -> int:
+        """Searches executed (retrieval ran and an information block was appended)."""
+        return len(self.search_end_idx)
 
     def response_text(self, tokenizer) -> str:
         return tokenizer.decode(self.response_ids, skip_special_tokens=False)
@@ -52,6 +65,62 @@ class Trajectory:
     def _append(self, ids: list[int], trainable: bool) -> None:
         self.response_ids += ids
         self.loss_mask += [int(trainable)] * len(ids)
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What the environment does with one generated turn."""
+
+    kind: str
+    """``search``, ``answer`` or ``invalid`` (as parsed under the turn logic)."""
+    search: str | None = None
+    """The query sent to the retriever (None: nothing is retrieved)."""
+    key_query: str | None = None
+    """The query the search-key reward scores (None: the turn wrote no search)."""
+    warning: str = ""
+    """Forced text after the turn (after the information block when there is one)."""
+    done: bool = False
+
+
+TURN_LOGICS = ("released", "strict")
+"""`RolloutConfig.turn_logic` values."""
+
+
+def rounds_of(max_turns: int) -> int:
+    """Generation rounds of an episode under either turn logic: ``max_turns`` search rounds + one answering round."""
+    return max_turns + 1
+
+
+def plan_turn(text: str, round_idx: int, searches_done: int, max_turns: int, turn_logic: str = "released") -> Turn:
+    """The environment step for one turn (``text`` already cut at its first ``</search>`` / ``</answer>``).
+
+    >>> plan_turn("<search> Dai Jitao </search>", 0, 0, 5)
+    Turn(kind='search', search='Dai Jitao', key_query='Dai Jitao', warning='', done=False)
+    >>> plan_turn("<search> x </search>", 5, 5, 5).done  # the final round: recorded, not executed
+    True
+    """
+    if turn_logic not in TURN_LOGICS:
+        raise ValueError(f"turn_logic must be one of {TURN_LOGICS}, got {turn_logic!r}")
+    released = turn_logic == "released"
+    action = parse_action(text, lenient=released)
+    if action.kind == "answer":
+        return Turn("answer", done=True)
+    if released:
+        final_round = round_idx >= max_turns  # searching disabled: the episode ends whatever was written
+        last_search_round = round_idx == max_turns - 1
+        if action.kind == "search":
+            query = key_query(action.content)
+            if final_round:
+                return Turn("search", key_query=query, done=True)
+            return Turn("search", action.content, query, LAST_SEARCH_WARNING if last_search_round else "")
+        if final_round:
+            return Turn("invalid", done=True)
+        return Turn("invalid", warning=INVALID_ACTION_WARNING + (LAST_SEARCH_WARNING if last_search_round else ""))
+    if action.kind == "search" and searches_done < max_turns:
+        last = searches_done + 1 >= max_turns
+        return Turn("search", action.content, key_query(action.content), LAST_SEARCH_WARNING if last else "")
+    warning = LAST_SEARCH_WARNING if searches_done >= max_turns else INVALID_ACTION_WARNING
+    return Turn("invalid", warning=warning, done=round_idx >= max_turns)
 
 
 def _encode(tokenizer, text: str) -> list[int]:
@@ -96,12 +165,13 @@ def generation_copy(model, dtype: str):
 
 def rollout(model, tokenizer, questions: Sequence[str], retriever: Retriever, *, topk: int = 3, max_turns: int = 5,
             max_new_tokens: int = 256, max_length: int = 4096, batch_size: int = 8, greedy: bool = False,
-            temperature: float = 1.0, top_p: float = 0.95, template: str = "think", doc_words: int = 0,
-            seed: int = 0, generation_dtype: str = "") -> list[Trajectory]:
+            temperature: float = 1.0, top_p: float = 0.95, template: str = "plan", doc_words: int = 0,
+            seed: int = 0, generation_dtype: str = "", turn_logic: str = "released", doc_render: str = "released",
+            max_obs_tokens: int = 800) -> list[Trajectory]:
     """Roll out one episode per question; batches of ``batch_size`` generate together.
 
     ``generation_dtype`` (e.g. ``bfloat16``): sample from a merged copy of the policy in that dtype
-    ("" = the policy itself)."""
+    ("" = the policy itself). ``turn_logic``, ``doc_render``, ``max_obs_tokens``: see the module docstring."""
     was_training = model.training
     model.eval()
     policy, model = model, (generation_copy(model, generation_dtype) if generation_dtype else model)
@@ -114,7 +184,7 @@ def rollout(model, tokenizer, questions: Sequence[str], retriever: Retriever, *,
             batch = [Trajectory(q, _encode(tokenizer, build_prompt(q, template, tokenizer)))
                      for q in questions[start:start + batch_size]]
             _run_batch(model, tokenizer, batch, retriever, topk, max_turns, max_new_tokens, max_length, greedy,
-                       temperature, top_p, doc_words)
+                       temperature, top_p, doc_words, turn_logic, doc_render, max_obs_tokens)
             trajectories += batch
             bar.update(len(batch))
     bar.close()
@@ -122,39 +192,48 @@ def rollout(model, tokenizer, questions: Sequence[str], retriever: Retriever, *,
     return trajectories
 
 
+def _observe(tokenizer, text: str, max_obs_tokens: int) -> tuple[list[int], str]:
+    """Token ids of a forced observation, cut to ``max_obs_tokens`` (0 = no cap), and the text the model sees."""
+    ids = _encode(tokenizer, text)
+    if 0 < max_obs_tokens < len(ids):
+        ids = ids[:max_obs_tokens]
+        text = tokenizer.decode(ids)
+    return ids, text
+
+
 def _run_batch(model, tokenizer, batch, retriever, topk, max_turns, max_new_tokens, max_length, greedy, temperature,
-               top_p, doc_words) -> None:
-    for _round in range(max_turns + 1):
+               top_p, doc_words, turn_logic="released", doc_render="released", max_obs_tokens=800) -> None:
+    for round_idx in range(rounds_of(max_turns)):
         active = [t for t in batch if not t.done]
         if not active:
             return
         texts = generate_batch(model, tokenizer, [t.prompt_ids + t.response_ids for t in active], max_new_tokens, greedy,
                           temperature, top_p)
-        searching: list[tuple[Trajectory, str]] = []
+        searching: list[tuple[Trajectory, Turn]] = []
         for traj, raw in zip(active, texts):
             text, _ = cut_at_stop(raw)
             traj._append(_encode(tokenizer, text), trainable=True)
-            action = parse_action(text)
-            if action.kind == "answer":
-                traj.answer, traj.done = action.content, True
-            elif action.kind == "search" and len(traj.queries) < max_turns:
-                traj.search_end_idx.append(len(traj.response_ids) - 1)
-                traj.queries.append(action.content)
-                searching.append((traj, action.content))
-            else:
+            turn = plan_turn(text, round_idx, traj.num_searches, max_turns, turn_logic)
+            if turn.key_query is not None:
+                traj.queries.append(turn.key_query)
+            if turn.kind == "answer":
+                traj.answer = parse_action(text, lenient=True).content
+            elif turn.kind == "invalid":
                 traj.invalid_turns += 1
-                warning = LAST_SEARCH_WARNING if len(traj.queries) >= max_turns else INVALID_ACTION_WARNING
-                traj._append(_encode(tokenizer, warning), trainable=False)
+            if turn.search is not None:
+                traj.search_end_idx.append(len(traj.response_ids) - 1)
+                searching.append((traj, turn))
+            elif turn.warning:
+                traj._append(_observe(tokenizer, turn.warning, max_obs_tokens)[0], trainable=False)
+            traj.done = turn.done
         if searching:
-            results = retriever.batch_search([q for _, q in searching], topk)
-            for (traj, _), hits in zip(searching, results):
+            results = retriever.batch_search([turn.search for _, turn in searching], topk)
+            for (traj, turn), hits in zip(searching, results):
                 docs = [(h.passage.title, cut_words(h.passage.text, doc_words)) for h in hits]
-                traj.step_docs.append(split_docs(render_docs(docs)))
+                ids, seen = _observe(tokenizer, information_block(docs, doc_render) + turn.warning, max_obs_tokens)
+                traj.step_docs.append(split_docs(seen, doc_render))
                 traj.step_doc_ids.append([h.passage.id for h in hits])
-                block = information_block(docs)
-                if len(traj.queries) >= max_turns:
-                    block += LAST_SEARCH_WARNING
-                traj._append(_encode(tokenizer, block), trainable=False)
+                traj._append(ids, trainable=False)
         for traj in active:
             if len(traj.prompt_ids) + len(traj.response_ids) >= max_length:
                 traj.done = True
@@ -170,4 +249,5 @@ def rollout_from_config(model, tokenizer, questions: Sequence[str], retriever: R
                    max_new_tokens=r.max_new_tokens, max_length=r.max_prompt_tokens, batch_size=r.batch_size,
                    greedy=greedy, temperature=r.temperature, top_p=r.top_p, template=r.template,
                    doc_words=r.doc_words, seed=cfg.seed if seed is None else seed,
-                   generation_dtype=r.generation_dtype)
+                   generation_dtype=r.generation_dtype, turn_logic=r.turn_logic, doc_render=r.doc_render,
+                   max_obs_tokens=r.max_obs_tokens)

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from .demonstrations import episode_pieces, tokenize_pieces
-from .protocol import cut_words, render_docs, split_docs
+from .protocol import cut_words, information_block, split_docs
 from .query_writers import keyword_form
 from .retrieval import Retriever
 from .rewards import REWARD_CONFIGS, combine_rewards, place_rewards, score_trajectory
@@ -46,8 +46,10 @@ def _plan(kind: str, rec: dict, other: dict) -> tuple[list[str], str]:
 
 
 def scripted_trajectories(records: Sequence[dict], retriever: Retriever, topk: int = 3, doc_words: int = 0,
-                          kinds: Sequence[str] = KINDS) -> list[dict]:
-    """One trajectory per (record, kind): ``id, question, kind, response, pieces, queries, step_docs``."""
+                          kinds: Sequence[str] = KINDS, template: str = "plan", doc_render: str = "released"
+                          ) -> list[dict]:
+    """One trajectory per (record, kind): ``id, question, kind, response, pieces, queries, step_docs``
+    (documents rendered in ``doc_render`` style and split back by its splitter, as in a rollout)."""
     if len(records) < 2:
         raise ValueError("scripted trajectories need at least two records (off-topic queries come from another)")
     plans = [(rec, kind, *_plan(kind, rec, records[(i + 1) % len(records)]))
@@ -57,17 +59,18 @@ def scripted_trajectories(records: Sequence[dict], retriever: Retriever, topk: i
     out = []
     for rec, kind, queries, answer in plans:
         docs = [[(h.passage.title, cut_words(h.passage.text, doc_words)) for h in next(results)] for _ in queries]
-        pieces = episode_pieces(queries, docs, answer)
+        pieces = episode_pieces(queries, docs, answer, template, doc_render)
         out.append({"id": str(rec["id"]), "question": rec["question"], "kind": kind,
                     "response": "".join(text for text, _ in pieces), "pieces": pieces, "queries": queries,
-                    "step_docs": [split_docs(render_docs(d)) for d in docs]})
+                    "step_docs": [split_docs(information_block(d, doc_render), doc_render) for d in docs]})
     return out
 
 
 def gold_of(rec: dict) -> dict:
-    """The reward-side gold of a StepSearch record: answers, gold queries, gold documents."""
+    """The reward-side gold of a StepSearch record: answers, gold queries, gold documents (each supporting
+    paragraph's ``paragraph_text`` without its title, as the released reward compares them)."""
     return {"answers": [rec["final_answer"], *rec.get("answer_aliases", [])], "gold_keys": rec["sub_searchs"],
-            "gold_docs": [f"{d['title']} {d['paragraph_text']}" for d in rec["sub_support_docs"]]}
+            "gold_docs": [d["paragraph_text"] for d in rec["sub_support_docs"]]}
 
 
 def score_rows(trajectories: Sequence[dict], records: Sequence[dict], reward_cfg, configs: Sequence[str] = tuple(REWARD_CONFIGS)
@@ -80,14 +83,48 @@ def score_rows(trajectories: Sequence[dict], records: Sequence[dict], reward_cfg
     for t in trajectories:
         gold = by_id[t["id"]]
         base = score_trajectory(t["response"], t["queries"], t["step_docs"], reward_cfg=reward_cfg, **gold)
-        row = {"id": t["id"], "kind": t["kind"], "searches": len(t["queries"]), "answer_f1": base.answer_f1,
+        row = {"id": t["id"], "kind": t["kind"], "searches": len(t["step_docs"]), "answer_f1": base.answer_f1,
                "search_key": base.search_key, "info_gain": float(np.sum(base.info_gain)),
-               "redundancy": float(np.sum(base.redundancy))}
+               "redundancy": float(np.sum(base.redundancy)), "step_rewards": float(np.sum(base.step_rewards)),
+               "final_reward": base.final_reward}
         for name in configs:  # components computed once, recombined per configuration
             r = combine_rewards(base, replace(reward_cfg, name=name))
             row[f"return/{name}"] = float(sum(r.step_rewards) + r.final_reward)
         rows.append(row)
     return rows
+
+
+PRESET_COMPONENTS = ("searches", "answer_f1", "search_key", "info_gain", "redundancy", "step_rewards", "final_reward",
+                     "return/full")
+"""What `compare_presets` sets side by side (sums over a trajectory's steps; ``return/full`` = steps + final)."""
+
+
+def compare_presets(records: Sequence[dict], retriever: Retriever, configs, policy=None, tokenizer=None
+                    ) -> tuple[list[dict], list[dict]]:
+    """Every reward component under each fidelity preset (`config.fidelity_configs`), side by side.
+
+    Per preset: the scripted behaviours rendered in that preset's style and scored under its reward fields;
+    with a ``policy``, also its greedy rollouts under that preset (prompt template, turn logic, rendering,
+    observation cap), kind ``base_model``. Returns (per-trajectory rows with a ``preset`` column, a table of
+    the mean of every component per kind and preset with ``gap`` = second preset - first)."""
+    from .rollout import rollout_from_config
+
+    rows: list[dict] = []
+    for name, cfg in configs.items():
+        trajs = scripted_trajectories(records, retriever, cfg.retrieval.topk, cfg.rollout.doc_words,
+                                      template=cfg.rollout.template, doc_render=cfg.rollout.doc_render)
+        if policy is not None:
+            rolled = rollout_from_config(policy, tokenizer, [r["question"] for r in records], retriever, cfg, greedy=True)
+            trajs += from_rollouts(rolled, records, tokenizer)
+        rows += [{"preset": name, **row} for row in score_rows(trajs, records, cfg.reward)]
+    names = list(configs)
+    kinds = list(dict.fromkeys(r["kind"] for r in rows))
+    table = []
+    for kind in kinds:
+        for comp in PRESET_COMPONENTS:
+            means = {n: float(np.mean([r[comp] for r in rows if r["kind"] == kind and r["preset"] == n])) for n in names}
+            table.append({"kind": kind, "component": comp, **means, "gap": means[names[-1]] - means[names[0]]})
+    return rows, table
 
 
 def token_layout(trajectory: dict, tokenizer, scored) -> dict:

@@ -65,7 +65,7 @@ def protocol_rates(trajectories, scored=None) -> dict:
     without, a rollout passes when it produced an answer block."""
     n = max(1, len(trajectories))
     passed = [s.format_ok for s in scored] if scored is not None else [t.answer is not None for t in trajectories]
-    return {"format_ok": sum(passed) / n, "searched": sum(bool(t.queries) for t in trajectories) / n}
+    return {"format_ok": sum(passed) / n, "searched": sum(t.num_searches > 0 for t in trajectories) / n}
 
 
 def protocol_check(model, tokenizer, records: Sequence[dict], retriever, cfg) -> dict:
@@ -79,7 +79,7 @@ def protocol_check(model, tokenizer, records: Sequence[dict], retriever, cfg) ->
               for t, r in zip(trajs, records)]
     n = max(1, len(trajs))
     return {"questions": len(trajs), **protocol_rates(trajs, scored),
-            "searches_per_question": sum(len(t.queries) for t in trajs) / n,
+            "searches_per_question": sum(t.num_searches for t in trajs) / n,
             "answer_f1": sum(s.answer_f1 for s in scored) / n,
             "examples": [t.response_text(tokenizer) for t in trajs[:2]]}
 
@@ -103,7 +103,8 @@ def warm_start(cfg, records: Sequence[dict] | None = None, dev_records: Sequence
     before = protocol_check(model, tok, dev_records, retriever, cfg)
     t_check = time.perf_counter() - t0
     rows = build_demonstrations(records, retriever, tok, n=t.sft_examples, topk=cfg.retrieval.topk,
-                                doc_words=cfg.rollout.doc_words, template=cfg.rollout.template, seed=cfg.seed)
+                                doc_words=cfg.rollout.doc_words, template=cfg.rollout.template, seed=cfg.seed,
+                                doc_render=cfg.rollout.doc_render)
     t0 = time.perf_counter()
     info = sft_train(model, tok, rows, cfg.path("checkpoints", "sft"), lr=t.sft_lr, epochs=t.sft_epochs,
                      batch_size=t.sft_batch_size, seed=cfg.seed)
@@ -123,7 +124,8 @@ def warm_start_settings(cfg) -> dict:
     return {"policy": m.policy, "load_in_4bit": m.load_in_4bit, "lora": [m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target],
             "examples": t.sft_examples, "lr": t.sft_lr, "epochs": t.sft_epochs, "batch_size": t.sft_batch_size,
             "eval_questions": t.sft_eval_questions, "seed": cfg.seed, "retrieval": [cfg.retrieval.kind, cfg.retrieval.topk],
-            "doc_words": cfg.rollout.doc_words, "template": cfg.rollout.template}
+            "doc_words": cfg.rollout.doc_words, "template": cfg.rollout.template,
+            "doc_render": cfg.rollout.doc_render}
 
 
 def ensure_warm_start(cfg) -> dict:

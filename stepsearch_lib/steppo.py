@@ -1,8 +1,9 @@
 """StePPO's pieces, top to bottom: token rewards with KL, GAE, whitening, the clipped losses.
 
-Tensors are (batch, response_length). ``mask`` is 1 on tokens the policy generated and 0 on
-padding and on forced information / warning tokens: those are out of the KL, the advantages'
-statistics, the policy loss, the value loss and the entropy.
+Tensors are (batch, length). ``mask`` is 1 on tokens the policy generated and 0 on padding and on
+forced information / warning tokens: those are out of the KL, the policy loss and the entropy.
+GAE, the whitening statistics and the value loss use ``ppo.stats_tokens``: every response token
+(released, documents included) or the generated ones only (the paper's intent).
 """
 
 from __future__ import annotations
@@ -14,10 +15,18 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """Variance over the masked entries; ``unbiased`` applies Bessel's correction n / (n - 1) (released)."""
+    var = masked_mean((x - masked_mean(x, mask)) ** 2, mask)
+    n = mask.sum()
+    return var * n / (n - 1) if unbiased and n > 1 else var
+
+
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """(x - mean) / std over the masked entries (the mean is added back when ``shift_mean`` is False)."""
+    """(x - mean) / sqrt(var + 1e-8) over the masked entries, unbiased variance (the mean is added back when
+    ``shift_mean`` is False)."""
     mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+    var = masked_var(x, mask)
     whitened = (x - mean) * torch.rsqrt(var + 1e-8)
     return whitened if shift_mean else whitened + mean
 
@@ -92,6 +101,22 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- the update
 
 
+def advantages_and_returns(token_rewards: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
+                           old_values: torch.Tensor, action_mask: torch.Tensor, stats_mask: torch.Tensor, ppo
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The advantage phase of an update: (A, R, kl).
+
+    r'_t = r_t - beta (log pi - log pi_ref) on generated tokens; A, R by GAE over ``stats_mask``;
+    A whitened over ``stats_mask`` (released: every response token) and kept on generated tokens."""
+    # r'_t = r_t - beta (log pi - log pi_ref): KL in the reward, on trainable tokens only
+    rewards, kl = kl_penalised_rewards(token_rewards, old_logprobs, ref_logprobs, action_mask, ppo.kl_beta)
+    # A_t, R_t by GAE(gamma, lambda) over the statistics tokens (same A_t on generated tokens when gamma = lambda = 1)
+    advantages, returns = gae(rewards, old_values, stats_mask, ppo.gamma, ppo.lam)
+    if ppo.whiten_advantages:  # mean and (unbiased) variance over the statistics tokens
+        advantages = masked_whiten(advantages, stats_mask)
+    return advantages * action_mask, returns, kl
+
+
 def reference_logprobs(actor, batch, token_logprobs) -> torch.Tensor:
     """log pi_ref: the same weights with the LoRA adapter disabled (no second copy of the model)."""
     if not hasattr(actor, "disable_adapter"):
@@ -100,6 +125,24 @@ def reference_logprobs(actor, batch, token_logprobs) -> torch.Tensor:
 
     with torch.no_grad(), keep_requires_grad(actor), actor.disable_adapter():
         return token_logprobs(actor, batch.input_ids, batch.attention_mask, batch.action_mask)[0]
+
+
+def warmup_factor(update: int, total_updates: int, warmup_frac: float) -> float:
+    """Learning-rate multiplier of update ``update`` (0-based) under the released linear warm-up:
+    min(1, update / max(1, W)) with W = int(warmup_frac * total_updates) warm-up updates (verl's
+    constant-with-warm-up schedule, stepped once per update). ``warmup_frac = 0``: always 1.
+
+    >>> [warmup_factor(u, 8, 0.285) for u in range(4)]
+    [0.0, 0.5, 1.0, 1.0]
+    """
+    if warmup_frac <= 0:
+        return 1.0
+    return min(1.0, update / max(1, int(warmup_frac * total_updates)))
+
+
+def set_lr(opt, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
 
 
 def params_of(opt) -> list[torch.nn.Parameter]:
@@ -127,23 +170,20 @@ def steppo_update(actor, critic, actor_opt, critic_opt, batch, ppo, seed: int = 
     from .batching import token_logprobs
 
     mask = batch.action_mask
+    stats = batch.stats_mask(ppo.stats_tokens)  # released: every response token; paper: generated ones
     actor.eval()
     critic.eval()
     with torch.no_grad():
         old_logprobs = token_logprobs(actor, batch.input_ids, batch.attention_mask, mask)[0]
         old_values = critic(batch.input_ids, batch.attention_mask)
     ref_logprobs = reference_logprobs(actor, batch, token_logprobs)
-    # r'_t = r_t - beta (log pi - log pi_ref): KL in the reward, on trainable tokens only
-    rewards, kl = kl_penalised_rewards(batch.token_rewards, old_logprobs, ref_logprobs, mask, ppo.kl_beta)
-    # A_t, R_t by GAE(gamma, lambda) over trainable tokens
-    advantages, returns = gae(rewards, old_values, mask, ppo.gamma, ppo.lam)
-    if ppo.whiten_advantages:
-        advantages = masked_whiten(advantages, mask) * mask
+    advantages, returns, kl = advantages_and_returns(batch.token_rewards, old_logprobs, ref_logprobs, old_values, mask,
+                                                     stats, ppo)
 
     actor.train()
     critic.train()
     gen = torch.Generator().manual_seed(seed)
-    stats: dict[str, list[float]] = {}
+    logs: dict[str, list[float]] = {}
     n = len(batch)
     starts = list(range(0, n, ppo.minibatch_size))
     for _epoch in range(ppo.ppo_epochs):
@@ -162,14 +202,14 @@ def steppo_update(actor, critic, actor_opt, critic_opt, batch, ppo, seed: int = 
                 optimizer_step(actor_opt, ppo.max_grad_norm, world)
             with critic.active():  # a shared-backbone critic recomputes under its own adapter in backward
                 values = critic(mb.input_ids, mb.attention_mask)
-                vf_loss = value_loss(values, old_values[idx], returns[idx], m, ppo.value_clip)
+                vf_loss = value_loss(values, old_values[idx], returns[idx], stats[idx], ppo.value_clip)
                 (vf_loss / ppo.grad_accum).backward()
             if step_now:
                 optimizer_step(critic_opt, ppo.max_grad_norm, world)
             for key, value in {"losses/policy": pg_loss.item(), "losses/value": vf_loss.item(),
                                "losses/entropy": ent.item(), **pg_stats}.items():
-                stats.setdefault(key, []).append(value)
-    out = {k: sum(v) / len(v) for k, v in stats.items()}
+                logs.setdefault(key, []).append(value)
+    out = {k: sum(v) / len(v) for k, v in logs.items()}
     out["losses/kl_ref"] = (kl.sum() / mask.sum().clamp(min=1)).item()
     out["reward/token_sum"] = (batch.token_rewards.sum() / n).item()
     return out

@@ -34,7 +34,7 @@ from .rewards import score_trajectory
 from .rollout import rollout_from_config
 from .scripted import gold_of
 from .parallel import World, assert_replicas_equal, barrier, init_world, mean_over_processes
-from .steppo import masked_mean, optimizer_step, params_of, policy_loss, steppo_update
+from .steppo import masked_mean, optimizer_step, params_of, policy_loss, set_lr, steppo_update, warmup_factor
 
 ALGOS = ("steppo", "ppo", "grpo")
 """Algorithms of the training entry point."""
@@ -169,6 +169,11 @@ def train(cfg, algo: str | None = None, reward_name: str | None = None, steps: i
         scored = [score_trajectory(t.response_text(tok), t.queries, t.step_docs, reward_cfg=reward_cfg, **gold_of(r))
                   for t, r in zip(trajs, chosen)]
         batch = build_batch(trajs, scored, tok.pad_token_id, use_step_rewards=algo == "steppo")
+        # linear learning-rate warm-up (released: 28.5 % of the updates actor, 5 % critic), derived from the step
+        lr_a = cfg.ppo.actor_lr * warmup_factor(step, steps, cfg.ppo.actor_warmup_frac)
+        lr_c = cfg.ppo.critic_lr * warmup_factor(step, steps, cfg.ppo.critic_warmup_frac)
+        set_lr(opt_a, lr_a)
+        set_lr(opt_c, lr_c)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(step_seed)
             if algo == "grpo":
@@ -177,7 +182,8 @@ def train(cfg, algo: str | None = None, reward_name: str | None = None, steps: i
                                      cfg.seed + step, world)
             else:
                 losses = steppo_update(actor, critic, opt_a, opt_c, batch, cfg.ppo, seed=cfg.seed + step, world=world)
-        row = mean_over_processes({**_rollout_metrics(trajs, scored), **losses}, world)
+        row = mean_over_processes({**_rollout_metrics(trajs, scored), **losses, "lr/actor": lr_a, "lr/critic": lr_c},
+                                  world)
         if not all(math.isfinite(v) for k, v in row.items() if k.startswith("losses/")):
             raise NonFiniteLossError(f"step {step + 1}: non-finite loss {losses}; stopped, kept {latest_checkpoint(ckpt_dir)}")
         if (step + 1) % cfg.train.save_every == 0 or step + 1 == steps:
@@ -210,7 +216,7 @@ def _rollout_metrics(trajs, scored) -> dict:
         "reward/info_gain": float(np.mean([sum(s.info_gain) for s in scored])),
         "reward/redundancy": float(np.mean([sum(s.redundancy) for s in scored])),
         "reward/final": float(np.mean([s.final_reward for s in scored])),
-        "rollout/num_searches": float(np.mean([len(t.queries) for t in trajs])),
+        "rollout/num_searches": float(np.mean([t.num_searches for t in trajs])),
         "rollout/response_len": float(np.mean([len(t.response_ids) for t in trajs])),
     }
 

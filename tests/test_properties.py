@@ -19,7 +19,7 @@ from reliability_stats import record
 from stepsearch_lib.config import RewardConfig
 from stepsearch_lib.protocol import (
     INVALID_ACTION_WARNING, LAST_SEARCH_WARNING, cut_at_stop, ends_with_answer, extract_answer, extract_queries,
-    parse_action, render_docs, split_docs,
+    information_block, parse_action, render_docs, split_docs,
 )
 from stepsearch_lib.rewards import (
     answer_reward, f1_score, information_gain, redundancy_penalty, score_trajectory, search_key_reward,
@@ -56,11 +56,19 @@ def test_a_thousand_searches_and_very_long_text(n):
     assert not ends_with_answer(text)
 
 
-@given(st.lists(st.tuples(st.text(alphabet=string.ascii_letters + " ", min_size=1, max_size=20).map(str.strip)
-                          .filter(bool), st.text(alphabet=string.ascii_letters + " .,", max_size=80)), max_size=5))
-def test_rendered_documents_split_back(docs):
+@given(st.lists(st.tuples(st.text(alphabet=string.ascii_letters + " ()", min_size=1, max_size=20).map(str.strip)
+                          .filter(lambda t: t and t.count("(") == t.count(")") and "()" not in t
+                                  and all(t[:i].count("(") >= t[:i].count(")") for i in range(len(t)))),
+                          st.text(alphabet=string.ascii_letters + " .,()", max_size=80)), max_size=5),
+       st.sampled_from(["released", "search_r1", "ours"]))
+def test_rendered_documents_split_back(docs, style):
+    """Every style's splitter returns each document's text; the released one keeps the next document's label
+    on every piece but the last (what its reward compares)."""
     record("documents: render / split round trips")
-    assert split_docs(render_docs(docs)) == [f"{t} {x.strip()}".strip() for t, x in docs]
+    texts = [x.strip() for _, x in docs]
+    if style == "released":
+        texts = [f"{x}\nDoc {i + 2}".strip() if i + 1 < len(texts) else x for i, x in enumerate(texts)]
+    assert split_docs(information_block(docs, style), style) == texts
 
 
 @given(model_text, st.lists(words, min_size=1, max_size=3))
@@ -102,7 +110,7 @@ def test_combined_rewards_stay_bounded(response, queries, step_docs, name):
     record("rewards: whole trajectories")
     s = score_trajectory(response, queries, step_docs, ["x"], [["x"]], ["x y"], RewardConfig(name=name))
     assert -1.0 <= s.final_reward <= 1.0 + 0.618 + 1e-9
-    assert all(-0.6 - 1e-9 <= r <= 0.6 + 1e-9 for r in s.step_rewards)
+    assert all(-1.6 - 1e-9 <= r <= 1.6 + 1e-9 for r in s.step_rewards)  # released scale 1 + 0.6
 
 
 # ----------------------------------------------------------------------------- rollout post-processing
@@ -150,6 +158,7 @@ def test_rollout_post_processing_never_makes_forced_tokens_trainable(turns, toke
         trainable = tokenizer.decode([x for x, m in zip(t.response_ids, t.loss_mask) if m])
         forced = tokenizer.decode([x for x, m in zip(t.response_ids, t.loss_mask) if not m])
         assert not any(f in trainable for f in FORCED)  # no information / warning token is trainable
-        assert forced.count("<information>") == len(t.queries) == len(t.search_end_idx) <= 3
+        assert forced.count("<information>") == t.num_searches == len(t.step_docs) <= 3
+        assert len(t.queries) >= t.num_searches  # a search in the answering round is scored, not executed
         assert all(t.loss_mask[i] == 1 for i in t.search_end_idx)
         assert forced.replace(INVALID_ACTION_WARNING, "").replace(LAST_SEARCH_WARNING, "").count("<warning>") == 0

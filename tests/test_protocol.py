@@ -48,8 +48,8 @@ def test_answer_and_query_extraction():
 
 def test_docs_round_trip_and_block():
     docs = [("Get Low (Dillon Francis and DJ Snake song)", "A 2014 single."), ("Dillon Francis", "Born 1987.")]
-    assert split_docs(render_docs(docs)) == ["Get Low (Dillon Francis and DJ Snake song) A 2014 single.",
-                                             "Dillon Francis Born 1987."]
+    assert split_docs(render_docs(docs)) == ["A 2014 single.", "Born 1987."]
+    assert split_docs(render_docs([("A (b) c", "x) y")])) == ["x) y"]  # parentheses in the title and the text
     block = information_block(docs)
     assert block.startswith("\n\n<information>Doc 1(Title: ") and block.endswith("</information>\n\n")
 

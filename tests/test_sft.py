@@ -31,8 +31,9 @@ def test_warm_start_learns_the_turns_and_saves_a_reloadable_adapter(tmp_path, to
 
 
 def test_protocol_rates():
-    class T:
-        def __init__(self, answer, queries):
-            self.answer, self.queries = answer, queries
+    from stepsearch_lib.rollout import Trajectory
 
-    assert protocol_rates([T("a", ["q"]), T(None, ["q"]), T(None, [])]) == {"format_ok": 1 / 3, "searched": 2 / 3}
+    def T(answer, searches):
+        return Trajectory("q", [], answer=answer, search_end_idx=list(range(searches)))
+
+    assert protocol_rates([T("a", 1), T(None, 2), T(None, 0)]) == {"format_ok": 1 / 3, "searched": 2 / 3}

@@ -87,6 +87,6 @@ def test_whiten_and_entropy():
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
     w = masked_whiten(x, mask)
     assert masked_mean(w, mask).item() == pytest.approx(0.0, abs=1e-6)
-    assert masked_mean(w ** 2, mask).item() == pytest.approx(1.0, abs=1e-4)
+    assert masked_mean(w ** 2, mask).item() == pytest.approx(2 / 3, abs=1e-4)  # unbiased variance: (n - 1) / n
     h = entropy_from_logits(torch.zeros(1, 1, 4))
     assert h.item() == pytest.approx(math.log(4))
