@@ -20,7 +20,7 @@ WHAT = {
     "training": "A training run SIGKILLed mid-run and resumed: metrics equal to an uninterrupted run; a NaN loss injected: the run stops, the last good checkpoint stays `latest`",
     "checkpoints": "A crash injected in the middle of a checkpoint save: the previous checkpoint stays `latest` and loads",
     "artifacts": "A write that fails half-way leaves no file behind; every notebook run twice (same seed, fresh artifact root) writes the same files and displays the same outputs, timings aside",
-    "server": "The HTTP server under abuse (10k queries, topk 0 / 10^9, empty queries, non-JSON, 3 MB bodies), stalled slow clients and 8 concurrent clients",
+    "server": "The HTTP server under abuse (10k queries, topk 0 / 10^9, empty queries answered, non-JSON, 17 MB bodies), stalled slow clients and 8 concurrent clients",
     "security": "Source scanned for pickle loading, eval / exec, numpy allow_pickle, torch.load without weights_only, trust_remote_code",
 }
 

@@ -15,12 +15,13 @@ from stepsearch_lib.config import get_config
 from stepsearch_lib.index import profile_retriever
 from stepsearch_lib.models import policy_from_config
 from stepsearch_lib.rollout import rollout_from_config
+from stepsearch_lib.sft import warm_start_dir
 from stepsearch_lib.stepsearch_format import read_stepsearch
 
 
 def load_bench_policy(cfg):
     """The profile policy with its SFT warm start when one exists (so rollouts really search)."""
-    sft = cfg.path("checkpoints", "sft")
+    sft = warm_start_dir(cfg)
     model, tok = policy_from_config(cfg, adapter=sft if (sft / "adapter_config.json").is_file() else None)
     return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model, tok, sft.is_dir()
 

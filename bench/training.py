@@ -23,6 +23,7 @@ from stepsearch_lib.retrieval import peak_rss_mb
 from stepsearch_lib.rewards import score_trajectory
 from stepsearch_lib.rollout import rollout_from_config
 from stepsearch_lib.scripted import gold_of
+from stepsearch_lib.sft import warm_start_dir
 from stepsearch_lib.stepsearch_format import read_stepsearch
 from stepsearch_lib.steppo import steppo_update
 from stepsearch_lib.train import build_models
@@ -32,7 +33,7 @@ BATCH_FILE = OUT_DIR / "training_batches.safetensors"
 
 def _cfg(profile: str, **model):
     cfg = get_config(profile)
-    sft = cfg.path("checkpoints", "sft")
+    sft = warm_start_dir(cfg)
     init = "sft" if (sft / "adapter_config.json").is_file() else ""
     return replace(cfg, model=replace(cfg.model, **model), train=replace(cfg.train, init_adapter=init))
 

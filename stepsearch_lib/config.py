@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .overrides import apply_overrides
+from .overrides import apply_overrides, parse_cli_overrides
 from .profiles import FIDELITY_PRESETS, PROFILES
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -225,7 +225,8 @@ class PPOConfig:
     actor_lr: float = 5e-7
     """Actor learning rate (released, full fine-tuning; LoRA profiles raise it)."""
     critic_lr: float = 5e-7
-    """Critic learning rate."""
+    """Critic learning rate (released 5e-7, as the actor; the LoRA profiles give the critic, whose value head
+    starts at zero, a rate well above the actor's)."""
     ppo_epochs: int = 1
     """Passes over each rollout batch."""
     minibatch_size: int = 4
@@ -236,6 +237,12 @@ class PPOConfig:
     """Gradient clipping norm."""
     whiten_advantages: bool = True
     """Whiten advantages (mean-shifted, unbiased variance) over the ``stats_tokens``."""
+    whiten_min_std: float = 0.05
+    """Floor of the whitening denominator: a batch whose advantages hardly vary (all returns equal; what is left
+    is critic and KL noise) is mean-shifted, not scaled up to unit size. Inactive when std >= the floor
+    (released: no floor; at its batch of 128 the spread is far above it)."""
+    critic_warmup_updates: int = 0
+    """The first this-many updates train the critic only (released ``trainer.critic_warmup``: 0)."""
     stats_tokens: str = "response"
     """Tokens of the whitening statistics, GAE and value loss: `response` (released: every response token,
     retrieved documents and warnings included) or `generated` (only tokens the policy generated). The policy
@@ -272,7 +279,8 @@ class TrainConfig:
     """Held-out dev questions rolled out greedily before and after the warm start (format and search rates)."""
     init_adapter: str = ""
     """LoRA adapter RL starts from: empty = a fresh adapter; `sft` = this profile's warm start
-    (`checkpoints/sft`, made by `python -m stepsearch_lib.sft`); or a path to a saved peft adapter."""
+    (`checkpoints/sft-s<seed>-<digest>`, keyed by its settings, made by `python -m stepsearch_lib.sft`); or a
+    path to a saved peft adapter."""
     init_adapter_mode: str = "merge"
     """How RL starts from `init_adapter`: `merge` = merge it into the base weights and train a fresh
     LoRA on top, so the KL reference (adapter disabled) is the warm-started policy, as in the
@@ -426,3 +434,19 @@ def check_choices(cfg: Config) -> None:
 def to_dict(cfg: Config) -> dict[str, Any]:
     """Plain nested dict (JSON-serialisable) of a config, for run metadata."""
     return dataclasses.asdict(cfg)
+
+
+def add_config_args(ap) -> None:
+    """The flags every entry point takes the same way: ``--profile``, ``--seed``, ``--set SECTION.FIELD=VALUE``."""
+    ap.add_argument("--profile", default="cpu", help="smoke, cpu or gpu (default: cpu)")
+    ap.add_argument("--seed", type=int, default=None, help="seed of every random generator (default: the config's, 0)")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                    help="config override, repeatable (e.g. --set train.questions_per_step=4)")
+
+
+def config_from_args(args, extra: Mapping[str, Any] | None = None):
+    """The config of parsed `add_config_args` flags (``extra`` overrides, e.g. from dedicated flags, win)."""
+    overrides = {**parse_cli_overrides(args.set), **(extra or {})}
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    return get_config(args.profile, overrides)

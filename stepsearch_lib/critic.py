@@ -57,13 +57,13 @@ class ValueModel(nn.Module):
             yield
             return
         lm = self._shared_lm
-        previous = lm.active_adapter
+        previous = list(lm.base_model.active_adapters)  # the actor's: "default", or a frozen warm start + "default"
         with keep_requires_grad(lm):  # peft's set_adapter also flips requires_grad
-            lm.set_adapter(self.adapter)
+            lm.base_model.set_adapter(self.adapter)
             try:
                 yield
             finally:
-                lm.set_adapter(previous)
+                lm.base_model.set_adapter(previous)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         with self.active():

@@ -12,16 +12,40 @@ already exist (same question count) is read back instead of recomputed, so a re-
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .evaluate import RESULT_FIELDS, evaluate, load_model_for_eval
 from .fileio import read_csv, write_csv
+from .sft import warm_start_dir
 
 RUN_LABELS = {"steppo-full": "StePPO", "ppo-global_only": "PPO", "grpo-full": "GRPO",
               "steppo-no_info_gain": "StePPO w/o IG", "steppo-no_redundancy": "StePPO w/o RP",
               "steppo-no_search_key": "StePPO w/o key", "steppo-no_step": "StePPO w/o step rewards"}
-"""Display names of training runs (folder name under ``checkpoints/``)."""
+"""Display names of training runs by ``<algo>-<reward>`` (the run folder is ``<algo>-<reward>-s<seed>[-<name>]``)."""
+
+_RUN_FOLDER = re.compile(r"^(?P<base>[a-z]+-[a-z_]+)-s(?P<seed>\d+)(?:-(?P<tag>.+))?$")
+
+
+def training_runs(cfg) -> dict[str, str]:
+    """{display label: run folder name} of every training run with a checkpoint, in `RUN_LABELS` order.
+    A run of this config's seed without a name gets the plain label ("StePPO"); others say which."""
+    found = []
+    for folder in sorted(cfg.path("checkpoints").glob("*/latest")):
+        m = _RUN_FOLDER.match(folder.parent.name)
+        if not m or m["base"] not in RUN_LABELS:
+            continue
+        plain = int(m["seed"]) == cfg.seed and not m["tag"]
+        label = RUN_LABELS[m["base"]] + ("" if plain else f" (s{m['seed']}{' ' + m['tag'] if m['tag'] else ''})")
+        found.append((list(RUN_LABELS).index(m["base"]), label, folder.parent.name))
+    return {label: name for _, label, name in sorted(found)}
+
+
+def training_metrics(cfg) -> dict[str, Path]:
+    """{display label: metrics JSONL} of every training run with metrics."""
+    return {label: cfg.path("metrics", f"{name}.jsonl") for label, name in training_runs(cfg).items()
+            if cfg.path("metrics", f"{name}.jsonl").is_file()}
 
 
 @dataclass(frozen=True)
@@ -42,18 +66,18 @@ def evaluation_plan(cfg) -> list[Entry]:
     if unknown:
         raise ValueError(f"eval.methods: unknown {sorted(unknown)}; choose from {sorted(names)}")
     plan = [Entry(names[m], m, base) for m in cfg.eval.methods]
-    sft = cfg.path("checkpoints", "sft")
-    if (sft / "adapter_config.json").is_file():
-        plan.append(Entry("SFT warm start", "agent", RUN_PREFIX + "checkpoints/sft"))
-    ckpts = cfg.path("checkpoints")
-    for name, label in RUN_LABELS.items():
-        if (ckpts / name / "latest").is_file():
-            plan.append(Entry(label, "agent", f"{RUN_PREFIX}checkpoints/{name}"))
+    mine = warm_start_dir(cfg).name
+    for adapter in sorted(cfg.path("checkpoints").glob("sft-*/adapter_config.json")):
+        name = adapter.parent.name
+        plan.append(Entry("SFT warm start" if name == mine else f"SFT warm start ({name})", "agent",
+                          f"{RUN_PREFIX}checkpoints/{name}"))
+    for label, name in training_runs(cfg).items():
+        plan.append(Entry(label, "agent", f"{RUN_PREFIX}checkpoints/{name}"))
     return plan
 
 
 RUN_PREFIX = "<run>/"
-"""Checkpoints of the plan are named relative to the run folder (``<run>/checkpoints/sft``): results
+"""Checkpoints of the plan are named relative to the run folder (``<run>/checkpoints/steppo-full-s0``): results
 read the same wherever the run folder lives, and two runs can be compared."""
 
 

@@ -129,10 +129,27 @@ def evaluate(method: str, model, tokenizer, records, retriever, cfg, out_dir: Pa
     return summary
 
 
+def run_config(step_dir: Path, cfg):
+    """The config a training checkpoint was trained with: every recorded setting over ``cfg``, and the warm
+    start it was trained from (its recorded folder, whatever this config's seed or settings would pick)."""
+    from .config import check_choices
+    from .overrides import apply_overrides
+
+    settings = json.loads((Path(step_dir) / "state.json").read_text()).get("settings") or {}
+    if "model.policy" not in settings:
+        raise ValueError(f"{step_dir} was saved by an older version of the workbench (no recorded settings); "
+                         f"retrain it with `python -m stepsearch_lib.train`")
+    run_dir = Path(step_dir).resolve().parent.parent.parent  # <run>/checkpoints/<name>/step-N
+    overrides = {k: v for k, v in settings.items() if "." in k}
+    warm = settings.get("warm_start")
+    overrides["train.init_adapter"] = "" if warm is None else str(run_dir / warm if not Path(warm).is_absolute() else warm)
+    run_cfg = apply_overrides(cfg, {**overrides, "seed": settings["seed"]})
+    check_choices(run_cfg)
+    return run_cfg
+
+
 def load_model_for_eval(name_or_checkpoint: str, cfg):
     """(model, tokenizer) for a policy name, a saved peft adapter, or a training checkpoint."""
-    from dataclasses import replace
-
     from .checkpoint import latest_checkpoint, load_checkpoint
     from .models import load_policy, policy_from_config
 
@@ -143,11 +160,7 @@ def load_model_for_eval(name_or_checkpoint: str, cfg):
         from .train import build_models
 
         step = path if (path / "state.json").is_file() else latest_checkpoint(path)
-        settings = json.loads((step / "state.json").read_text()).get("settings", {})
-        run_cfg = replace(cfg, seed=settings.get("seed", cfg.seed),
-                          model=replace(cfg.model, critic=settings.get("critic", cfg.model.critic)),
-                          train=replace(cfg.train, init_adapter=settings.get("init_adapter", ""),
-                                        init_adapter_mode=settings.get("init_adapter_mode", "merge")))
+        run_cfg = run_config(step, cfg)
         model, critic, tok, opt_a, opt_c = build_models(run_cfg)
         load_checkpoint(step, model, critic, opt_a, opt_c)
     else:
@@ -159,22 +172,24 @@ def load_model_for_eval(name_or_checkpoint: str, cfg):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .config import get_config
+    from .config import add_config_args, config_from_args
     from .data import load_questions
-    from .overrides import parse_cli_overrides
     from .retrieval import retriever_from_dirs
 
-    ap = argparse.ArgumentParser(description="Score a method on a question file (EM / F1 with bootstrap intervals).")
+    ap = argparse.ArgumentParser(
+        description="Score a method on a question file (EM / F1 with bootstrap intervals).",
+        epilog="example: python -m stepsearch_lib.evaluate --method agent --model runs/cpu/checkpoints/steppo-full-s0 "
+               "--dataset ../shared/data/bamboogle/test.jsonl --index runs/cpu/index/dense --out runs/cpu/eval/x",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(ap)
     ap.add_argument("--method", choices=METHODS, required=True)
     ap.add_argument("--model", required=True, help="policy name, peft adapter folder, or training checkpoint folder")
     ap.add_argument("--dataset", required=True, help="question file in any supported format")
     ap.add_argument("--index", action="append", default=[], help="index folder (twice: hybrid); not needed for naive")
     ap.add_argument("--out", required=True)
     ap.add_argument("--limit", type=int, default=0)
-    ap.add_argument("--profile", default="cpu", help="generation / retrieval settings (rollout.*, retrieval.topk)")
-    ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     args = ap.parse_args(argv)
-    cfg = get_config(args.profile, parse_cli_overrides(args.set))
+    cfg = config_from_args(args)  # the profile gives generation / retrieval settings (rollout.*, retrieval.topk)
     if args.method != "naive" and not args.index:
         ap.error(f"--method {args.method} needs --index")
     retriever = retriever_from_dirs([Path(d) for d in args.index], cfg.retrieval.rrf_k) if args.index else None

@@ -157,15 +157,20 @@ class LoraSpec:
         return cls(model_cfg.lora_r, model_cfg.lora_alpha, model_cfg.lora_dropout, model_cfg.lora_target)
 
 
-def add_lora(model, spec: LoraSpec, adapter_name: str = "default"):
-    """Wrap a causal LM with a peft LoRA adapter."""
-    from peft import LoraConfig, get_peft_model
+def lora_config(spec: LoraSpec):
+    """The peft ``LoraConfig`` of a `LoraSpec`."""
+    from peft import LoraConfig
 
     target = spec.target if spec.target == "all-linear" else [t.strip() for t in spec.target.split(",") if t.strip()]
-    lora = LoraConfig(
-        r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=target, task_type="CAUSAL_LM"
-    )
-    return get_peft_model(model, lora, adapter_name=adapter_name)
+    return LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=target,
+                      task_type="CAUSAL_LM")
+
+
+def add_lora(model, spec: LoraSpec, adapter_name: str = "default"):
+    """Wrap a causal LM with a peft LoRA adapter."""
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora_config(spec), adapter_name=adapter_name)
 
 
 def load_policy(
@@ -186,37 +191,75 @@ def load_policy(
     seeds the tiny model's weights and the LoRA initialisation. ``adapter`` (a saved peft folder,
     e.g. the SFT warm start) is loaded trainable instead of initialising a fresh ``lora``; with
     ``merge_adapter`` it is merged into the base weights and a fresh ``lora`` goes on top, so
-    "adapter disabled" (the reference policy) means the warm-started model.
+    "adapter disabled" (the reference policy) means the warm-started model. With 4-bit nothing is
+    merged: merging into NF4 weights re-quantises them, and a warm start smaller than the NF4 step
+    (the usual case) is erased. The warm start then stays a frozen adapter (``warm``) under the fresh
+    ``lora`` (``default``), both active; `reference_policy` keeps only ``warm`` on.
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     torch_dtype = _DTYPES[dtype]
     tok = load_tokenizer(name_or_path, cache_dir)
+    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{adapter}: no saved LoRA adapter (adapter_config.json) there")
     if name_or_path == TINY_POLICY:
         model = build_tiny_model(tok, hidden_size=tiny_hidden_size, layers=tiny_layers, seed=seed)
-        if load_in_4bit:  # bitsandbytes quantises at load time: round-trip through a folder
-            with tempfile.TemporaryDirectory() as tmp:
-                model.save_pretrained(tmp)
-                model = _load_pretrained(tmp, True, torch_dtype)
+        if load_in_4bit:
+            model = _quantise(model, torch_dtype)
     else:
         model = _load_pretrained(resolve_policy_path(name_or_path, cache_dir), load_in_4bit, torch_dtype)
     if load_in_4bit:
         guard_4bit_cpu_gradients(model)
     model.generation_config.pad_token_id = tok.pad_token_id
+    warm = adapter is not None and merge_adapter and load_in_4bit
     if adapter is not None:
         from peft import PeftModel
 
-        if not (Path(adapter) / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"{adapter}: no saved LoRA adapter (adapter_config.json) there")
-        if merge_adapter:  # the warm start becomes part of the base weights (and of the reference policy)
+        if warm:  # never merged into NF4 weights: a frozen adapter under the RL one
+            model = PeftModel.from_pretrained(model, str(adapter), adapter_name=WARM_ADAPTER, is_trainable=False)
+        elif merge_adapter:  # the warm start becomes part of the base weights (and of the reference policy)
             model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False).merge_and_unload()
         else:
             model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
     if lora is not None and (adapter is None or merge_adapter):
         with torch.random.fork_rng(devices=[]):  # seeded adapter init, caller's RNG untouched
             torch.manual_seed(seed)
-            model = add_lora(model, lora)
+            if warm:
+                model.add_adapter("default", lora_config(lora))
+                model.base_model.set_adapter([WARM_ADAPTER, "default"])  # both active: warm start + RL change
+                for n, p in model.named_parameters():
+                    p.requires_grad_(".default." in n)
+            else:
+                model = add_lora(model, lora)
     return model, tok
+
+
+WARM_ADAPTER = "warm"
+"""Adapter name of a warm start kept frozen under the RL adapter (4-bit policies)."""
+
+
+@contextlib.contextmanager
+def reference_policy(model):
+    """The KL reference: the policy with its RL adapter off. Merged warm start: every adapter disabled;
+    a frozen ``warm`` adapter (4-bit): only that one active. ``requires_grad`` flags are restored."""
+    if WARM_ADAPTER not in getattr(model, "peft_config", {}):
+        with model.disable_adapter():
+            yield
+        return
+    previous = list(model.base_model.active_adapters)
+    with keep_requires_grad(model):
+        model.base_model.set_adapter([WARM_ADAPTER])
+        try:
+            yield
+        finally:
+            model.base_model.set_adapter(previous)
+
+
+def _quantise(model, torch_dtype: torch.dtype):
+    """A full-precision model as bitsandbytes NF4 (bitsandbytes quantises at load time: round-trip through a folder)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        return _load_pretrained(tmp, True, torch_dtype)
 
 
 def _load_pretrained(path: str, load_in_4bit: bool, torch_dtype: torch.dtype):
@@ -249,20 +292,6 @@ def _hub_errors(name_or_path: str):
             f"provide it ({type(err).__name__}). On an offline machine download it elsewhere with "
             f"`huggingface-cli download {name_or_path} --local-dir DIR` and pass DIR instead."
         ) from err
-
-
-def init_adapter_path(cfg) -> Path | None:
-    """The adapter RL starts from (``train.init_adapter``): None, the profile's SFT warm start, or a path."""
-    name = cfg.train.init_adapter
-    if cfg.train.init_adapter_mode not in ("merge", "continue"):
-        raise ValueError(f"train.init_adapter_mode must be 'merge' or 'continue', got {cfg.train.init_adapter_mode!r}")
-    if not name:
-        return None
-    path = cfg.path("checkpoints", "sft") if name == "sft" else Path(name).expanduser()
-    if not (path / "adapter_config.json").is_file():
-        hint = f" -- make it with `python -m stepsearch_lib.sft --profile {cfg.profile}`" if name == "sft" else ""
-        raise FileNotFoundError(f"train.init_adapter={name!r}: no saved adapter at {path}{hint}")
-    return path
 
 
 @contextlib.contextmanager

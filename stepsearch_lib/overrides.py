@@ -110,3 +110,4 @@ def parse_cli_overrides(items: list[str] | None) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key.strip()] = raw
     return out
+

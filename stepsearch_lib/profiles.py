@@ -67,7 +67,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "rollout.batch_size": 4,
         "rollout.doc_words": 40,
         "ppo.actor_lr": 1e-4,
-        "ppo.critic_lr": 1e-4,
+        "ppo.critic_lr": 1e-3,
         "ppo.minibatch_size": 2,
         # 1-2 updates: the released warm-up (verl's schedule gives update 0 a learning rate of 0) would leave
         # nothing to test
@@ -93,7 +93,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "rollout.max_new_tokens": 128,
         "ppo.minibatch_size": 2,
         "ppo.actor_lr": 1e-5,
-        "ppo.critic_lr": 1e-5,
+        "ppo.critic_lr": 2e-4,  # 20x the actor: the zero-initialised value head must learn within a short run
+        "ppo.critic_warmup_updates": 2,
         "train.steps": 8,
         "train.questions_per_step": 4,
         "train.init_adapter": "sft",
@@ -121,7 +122,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "rollout.batch_size": 32,
         "rollout.max_new_tokens": 512,
         "ppo.actor_lr": 1e-5,
-        "ppo.critic_lr": 1e-5,
+        "ppo.critic_lr": 1e-4,
         "ppo.minibatch_size": 8,
         "train.steps": 200,
         "train.questions_per_step": 32,

@@ -47,9 +47,21 @@ def corpus_hash(passages: Sequence[Passage]) -> str:
 
 
 class Retriever:
-    """`search(query, k)` and `batch_search(queries, k)` -> passages with scores, best first."""
+    """`search(query, k)` and `batch_search(queries, k)` -> passages with scores, best first.
+
+    An empty (or whitespace-only) query gets an empty hit list from every retriever, local or remote, so a
+    rollout's ``<search></search>`` sees the same thing whichever retriever serves it. Subclasses implement
+    `_batch_search` for non-empty queries."""
 
     def batch_search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+        asked = [i for i, q in enumerate(queries) if q.strip()]
+        out: list[list[Hit]] = [[] for _ in queries]
+        if asked:
+            for i, hits in zip(asked, self._batch_search([queries[i] for i in asked], k)):
+                out[i] = hits
+        return out
+
+    def _batch_search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
         raise NotImplementedError
 
     def search(self, query: str, k: int) -> list[Hit]:
@@ -147,7 +159,7 @@ class DenseRetriever(Retriever):
     def __init__(self, index, passages: Sequence[Passage], encoder, meta: dict):
         self.index, self.passages, self.encoder, self.meta = index, list(passages), encoder, meta
 
-    def batch_search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+    def _batch_search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
         if not queries:
             return []
         q = self.encoder.encode_queries(list(queries))
@@ -190,7 +202,7 @@ class BM25Retriever(Retriever):
     def __init__(self, model, passages: Sequence[Passage], meta: dict):
         self.model, self.passages, self.meta = model, list(passages), meta
 
-    def batch_search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+    def _batch_search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
         if not queries:
             return []
         k = min(k, len(self.passages))
@@ -214,7 +226,7 @@ class HybridRetriever(Retriever):
             raise ValueError("a hybrid retriever needs at least two retrievers")
         self.retrievers, self.rrf_k, self.depth = list(retrievers), rrf_k, depth
 
-    def batch_search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+    def _batch_search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
         depth = max(k, self.depth)
         per_retriever = [r.batch_search(queries, depth) for r in self.retrievers]
         out = []
@@ -319,7 +331,7 @@ class RemoteRetriever(Retriever):
     def close(self) -> None:
         self.client.close()
 
-    def batch_search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+    def _batch_search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
         out: list[list[Hit]] = []
         for start in range(0, len(queries), self.max_batch):
             out += self._request(list(queries[start:start + self.max_batch]), k)

@@ -294,9 +294,11 @@ def redundancy_penalty(step_docs: Sequence[Sequence[str]], match: str = "any_ran
 @dataclass
 class TrajectoryRewards:
     answer_f1: float
+    """F1 of the last answer block, also when the gate fails (the released ``answer_correct``; for the logs)."""
     answer_em: float
     format_ok: bool
     answer_reward: float
+    """The gated answer reward: ``answer_f1`` when the gate passes, else the format penalty."""
     search_key: float
     info_gain: list[float] = field(default_factory=list)
     """IG_t as measured (also when the gate fails; then no step reward is paid)."""
@@ -318,9 +320,9 @@ def score_trajectory(response: str, queries: Sequence[str], step_docs: Sequence[
     decimals = reward_cfg.f1_decimals
     pred = extract_answer(response)
     fmt = ends_with_answer(response)
-    f1 = _rounded(best_f1(pred, answers), decimals) if fmt else 0.0
+    f1 = _rounded(best_f1(pred, answers), decimals)
     scored = TrajectoryRewards(
-        answer_f1=f1, answer_em=best_em(pred, answers) if fmt else 0.0,
+        answer_f1=f1, answer_em=best_em(pred, answers),
         format_ok=fmt, answer_reward=f1 if fmt else reward_cfg.format_penalty,
         search_key=search_key_reward(queries, gold_keys, reward_cfg.search_key_mode, decimals),
         info_gain=information_gain(step_docs, gold_docs, fast, reward_cfg.ig_normalize, reward_cfg.ig_fit),

@@ -6,9 +6,12 @@
 ``POST /retrieve`` with ``{"queries": [...], "topk": k, "return_scores": bool}`` answers
 ``{"result": [[{"document": {"id", "contents"}, "score"}, ...], ...]}`` (``contents`` is
 ``title\\ntext``); without ``return_scores`` each row is a list of documents. Two index
-folders are fused with reciprocal-rank fusion. Bad requests get a 4xx answer with a
-message (``{"error": ...}``) and the server keeps serving; it binds 127.0.0.1 unless told
-otherwise. ``GET /health`` reports the index metadata.
+folders are fused with reciprocal-rank fusion. What Search-R1's own training client sends is
+answered: an empty ``queries`` list (``{"result": []}``), empty query strings (an empty hit list),
+thousands of queries per request (up to ``--max-queries``, 4,096), over-long queries (cut to
+``--max-query-chars``). Bad requests get a 4xx answer whose body is always ``{"error": ...}``, and
+the server keeps serving; it binds 127.0.0.1 unless told otherwise. ``GET /health`` reports the
+index metadata.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the request model class itself.
@@ -22,47 +25,57 @@ from .retrieval import Retriever, retriever_from_dirs
 
 @dataclass(frozen=True)
 class ServerLimits:
-    max_queries: int = 512
-    """Queries per request."""
+    max_queries: int = 4096
+    """Queries per request (Search-R1's training loop sends one request of batch x n_agent queries, e.g. 2,560)."""
     max_topk: int = 100
     """Largest topk."""
     max_query_chars: int = 2000
-    """Longest query, in characters."""
-    max_body_bytes: int = 2_000_000
-    """Largest request body; larger ones get 413."""
+    """Longer queries are truncated to this many characters (not refused)."""
+    max_body_bytes: int = 16_000_000
+    """Largest request body, declared or streamed; larger ones get 413."""
+    body_timeout_s: float = 30.0
+    """A client that has not sent its whole body this long after the last chunk gets 408."""
 
 
 class _BodyLimit:
-    """ASGI middleware: answer 413 when a request body exceeds ``limit`` bytes (declared or streamed)."""
+    """ASGI middleware: read the whole request body first (at most ``limit`` bytes, each chunk within
+    ``timeout_s``), then hand the app a replay of it. Over the limit -> 413; a body shorter than declared
+    -> 408 after the timeout. Done outside the app so the answer is ours, not the framework's 500."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, timeout_s: float):
+        self.app, self.limit, self.timeout_s = app, limit, timeout_s
 
     async def __call__(self, scope, receive, send):
+        import asyncio
+
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             return await _send_error(send, 413, f"request body over {self.limit} bytes")
-        seen = 0
+        chunks, seen, more = [], 0, True
+        while more:
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout_s)
+            except asyncio.TimeoutError:
+                return await _send_error(send, 408, f"the request body did not arrive within {self.timeout_s:g} s")
+            if message["type"] == "http.disconnect":
+                return None
+            chunks.append(message.get("body", b""))
+            seen += len(chunks[-1])
+            if seen > self.limit:
+                return await _send_error(send, 413, f"request body over {self.limit} bytes")
+            more = message.get("more_body", False)
+        replayed = False
 
-        async def limited_receive():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge()
-            return message
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()  # after the body: disconnect notices
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except _TooLarge:
-            await _send_error(send, 413, f"request body over {self.limit} bytes")
-
-
-class _TooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 async def _send_error(send, status: int, message: str) -> None:
@@ -75,11 +88,12 @@ async def _send_error(send, status: int, message: str) -> None:
 
 
 def create_app(retriever: Retriever, default_topk: int = 3, limits: ServerLimits = ServerLimits(), meta: dict | None = None):
-    """The FastAPI app serving ``retriever``."""
+    """The FastAPI app serving ``retriever`` (wrapped in the body-limit middleware)."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from pydantic import BaseModel, field_validator
+    from starlette.exceptions import HTTPException
 
     class RetrieveRequest(BaseModel):
         queries: list[str]
@@ -89,16 +103,15 @@ def create_app(retriever: Retriever, default_topk: int = 3, limits: ServerLimits
         @field_validator("queries")
         @classmethod
         def _queries(cls, v: list[str]) -> list[str]:
-            if not v:
-                raise ValueError("'queries' must hold at least one query")
+            # an empty list and empty strings are answered (Search-R1's client sends both); long queries are cut
             if len(v) > limits.max_queries:
                 raise ValueError(f"'queries' holds {len(v)} queries; at most {limits.max_queries} per request")
             for i, q in enumerate(v):
-                if not q.strip():
-                    raise ValueError(f"queries[{i}] is empty")
-                if len(q) > limits.max_query_chars:
-                    raise ValueError(f"queries[{i}] has {len(q)} characters; at most {limits.max_query_chars}")
-            return v
+                try:
+                    q.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError(f"queries[{i}] is not valid Unicode (a lone surrogate)") from None
+            return [q[: limits.max_query_chars] for q in v]
 
         @field_validator("topk")
         @classmethod
@@ -118,8 +131,13 @@ def create_app(retriever: Retriever, default_topk: int = 3, limits: ServerLimits
         parts = []
         for e in errors:
             loc = ".".join(str(x) for x in e.get("loc", []) if x != "body")
-            parts.append(f"{loc}: {e.get('msg', 'invalid')}" if loc else e.get("msg", "invalid"))
+            msg = str(e.get("msg", "invalid")).encode("utf-8", "replace").decode()
+            parts.append(f"{loc}: {msg}" if loc else msg)
         return JSONResponse({"error": "; ".join(parts)}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException):  # 404, 405, ...: the same JSON shape as every error
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
     @app.get("/health")
     def health():
@@ -128,6 +146,8 @@ def create_app(retriever: Retriever, default_topk: int = 3, limits: ServerLimits
     @app.post("/retrieve")
     def retrieve(req: RetrieveRequest):
         k = req.topk or default_topk
+        if not req.queries:
+            return {"result": []}
         with lock:
             results = retriever.batch_search(req.queries, k)
         rows = []
@@ -136,7 +156,7 @@ def create_app(retriever: Retriever, default_topk: int = 3, limits: ServerLimits
             rows.append([{"document": d, "score": h.score} for d, h in zip(docs, hits)] if req.return_scores else docs)
         return {"result": rows}
 
-    return _BodyLimit(app, limits.max_body_bytes)
+    return _BodyLimit(app, limits.max_body_bytes, limits.body_timeout_s)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,10 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--topk", type=int, default=3, help="topk when a request gives none")
     ap.add_argument("--max-queries", type=int, default=ServerLimits.max_queries)
     ap.add_argument("--max-topk", type=int, default=ServerLimits.max_topk)
+    ap.add_argument("--max-query-chars", type=int, default=ServerLimits.max_query_chars, help="longer queries are cut")
+    ap.add_argument("--max-body-bytes", type=int, default=ServerLimits.max_body_bytes)
+    ap.add_argument("--body-timeout", type=float, default=ServerLimits.body_timeout_s, metavar="SECONDS")
     args = ap.parse_args(argv)
     retriever = retriever_from_dirs(args.index)
     meta = getattr(retriever, "meta", {"kind": "hybrid", "indexes": args.index})
-    limits = ServerLimits(max_queries=args.max_queries, max_topk=args.max_topk)
+    limits = ServerLimits(max_queries=args.max_queries, max_topk=args.max_topk, max_query_chars=args.max_query_chars,
+                          max_body_bytes=args.max_body_bytes, body_timeout_s=args.body_timeout)
     uvicorn.run(create_app(retriever, args.topk, limits, meta), host=args.host, port=args.port, log_level="info")
     return 0
 

@@ -3,17 +3,21 @@
 Rows are pre-tokenised demonstrations (`demonstrations.build_demonstrations`) with a
 ``completion_mask`` that is 0 on the prompt and on the forced information blocks, trained with
 ``completion_only_loss=True`` so only the model's own turns are learned. The adapter is saved
-with peft (safetensors) into ``runs/<profile>/checkpoints/sft/``.
+with peft (safetensors) into ``runs/<profile>/checkpoints/sft-s<seed>-<digest>/``, one folder per
+set of warm-start settings (`warm_start_settings`, the seed included): a second seed or another
+learning rate never overwrites a warm start that RL runs were trained from.
 
-    python -m stepsearch_lib.sft --profile cpu     # demonstrations -> SFT -> rates before/after
+    python -m stepsearch_lib.sft --profile cpu [--seed 1] [--set train.sft_lr=1e-4]
 
 `warm_start` also rolls out held-out dev questions greedily before and after training and
-writes the format / search rates to ``metrics/sft.json`` (the bar: >= 90 % each).
+writes the format / search rates to ``metrics/sft-s<seed>-<digest>.json`` (the bar: >= 90 % each).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import time
 from pathlib import Path
 from typing import Sequence
@@ -106,7 +110,7 @@ def warm_start(cfg, records: Sequence[dict] | None = None, dev_records: Sequence
                                 doc_words=cfg.rollout.doc_words, template=cfg.rollout.template, seed=cfg.seed,
                                 doc_render=cfg.rollout.doc_render)
     t0 = time.perf_counter()
-    info = sft_train(model, tok, rows, cfg.path("checkpoints", "sft"), lr=t.sft_lr, epochs=t.sft_epochs,
+    info = sft_train(model, tok, rows, warm_start_dir(cfg), lr=t.sft_lr, epochs=t.sft_epochs,
                      batch_size=t.sft_batch_size, seed=cfg.seed)
     t_train = time.perf_counter() - t0
     after = protocol_check(model, tok, dev_records, retriever, cfg)
@@ -114,7 +118,7 @@ def warm_start(cfg, records: Sequence[dict] | None = None, dev_records: Sequence
               "mean_demo_tokens": sum(len(r["input_ids"]) for r in rows) / len(rows),
               "train_loss": info["train_loss"], "optimizer_steps": info["steps"], "train_s": t_train,
               "check_s": t_check, "adapter": info["adapter"], "before": before, "after": after}
-    write_json(cfg.path("metrics", "sft.json"), report)
+    write_json(warm_start_report_path(cfg), report)
     return report
 
 
@@ -128,11 +132,40 @@ def warm_start_settings(cfg) -> dict:
             "doc_render": cfg.rollout.doc_render}
 
 
-def ensure_warm_start(cfg) -> dict:
-    """The profile's warm-start report, training it first unless a saved adapter with the same settings exists."""
-    import json
+def warm_start_dir(cfg) -> Path:
+    """The warm start of these settings: ``checkpoints/sft-s<seed>-<first 8 hex of their SHA-256>``."""
+    digest = hashlib.sha256(json.dumps(warm_start_settings(cfg), sort_keys=True).encode()).hexdigest()[:8]
+    return cfg.path("checkpoints", f"sft-s{cfg.seed}-{digest}")
 
-    report_path, adapter = cfg.path("metrics", "sft.json"), cfg.path("checkpoints", "sft")
+
+def warm_start_report_path(cfg) -> Path:
+    return cfg.path("metrics", f"{warm_start_dir(cfg).name}.json")
+
+
+def warm_start_report(cfg) -> dict | None:
+    """The saved report (rates before / after) of this config's warm start, or None before one is trained."""
+    path = warm_start_report_path(cfg)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def init_adapter_path(cfg) -> Path | None:
+    """The adapter RL starts from (``train.init_adapter``): None, this config's SFT warm start, or a path."""
+    name = cfg.train.init_adapter
+    if cfg.train.init_adapter_mode not in ("merge", "continue"):
+        raise ValueError(f"train.init_adapter_mode must be 'merge' or 'continue', got {cfg.train.init_adapter_mode!r}")
+    if not name:
+        return None
+    path = warm_start_dir(cfg) if name == "sft" else Path(name).expanduser()
+    if not (path / "adapter_config.json").is_file():
+        hint = (f" -- make it with `python -m stepsearch_lib.sft --profile {cfg.profile} --seed {cfg.seed}` (and the "
+                f"same --set options)" if name == "sft" else "")
+        raise FileNotFoundError(f"train.init_adapter={name!r}: no saved adapter at {path}{hint}")
+    return path
+
+
+def ensure_warm_start(cfg) -> dict:
+    """This config's warm-start report, training it first unless a saved adapter with the same settings exists."""
+    report_path, adapter = warm_start_report_path(cfg), warm_start_dir(cfg)
     if report_path.is_file() and (adapter / "adapter_config.json").is_file():
         report = json.loads(report_path.read_text())
         if report.get("settings") == warm_start_settings(cfg):
@@ -141,13 +174,13 @@ def ensure_warm_start(cfg) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .config import get_config
+    from .config import add_config_args, config_from_args
 
-    ap = argparse.ArgumentParser(description="SFT warm start: teach the policy the search protocol.")
-    ap.add_argument("--profile", default="cpu")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    report = warm_start(get_config(args.profile, seed=args.seed))
+    ap = argparse.ArgumentParser(description="SFT warm start: teach the policy the search protocol.",
+                                 epilog="example: python -m stepsearch_lib.sft --profile cpu --seed 1 --set train.sft_lr=1e-4",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(ap)
+    report = warm_start(config_from_args(ap.parse_args(argv)))
     for when in ("before", "after"):
         r = report[when]
         print(f"{when}: format_ok {r['format_ok']:.2f}  searched {r['searched']:.2f}  F1 {r['answer_f1']:.3f}")

@@ -22,12 +22,13 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return var * n / (n - 1) if unbiased and n > 1 else var
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """(x - mean) / sqrt(var + 1e-8) over the masked entries, unbiased variance (the mean is added back when
-    ``shift_mean`` is False)."""
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, min_std: float = 0.0) -> torch.Tensor:
+    """(x - mean) / max(sqrt(var + 1e-8), min_std) over the masked entries, unbiased variance (the mean is added
+    back when ``shift_mean`` is False). ``min_std`` keeps a batch without signal (all returns equal: the spread
+    is only critic and KL noise) from being scaled up to unit-size advantages."""
     mean = masked_mean(x, mask)
     var = masked_var(x, mask)
-    whitened = (x - mean) * torch.rsqrt(var + 1e-8)
+    whitened = (x - mean) / torch.clamp(torch.sqrt(var + 1e-8), min=min_std)
     return whitened if shift_mean else whitened + mean
 
 
@@ -112,18 +113,27 @@ def advantages_and_returns(token_rewards: torch.Tensor, old_logprobs: torch.Tens
     rewards, kl = kl_penalised_rewards(token_rewards, old_logprobs, ref_logprobs, action_mask, ppo.kl_beta)
     # A_t, R_t by GAE(gamma, lambda) over the statistics tokens (same A_t on generated tokens when gamma = lambda = 1)
     advantages, returns = gae(rewards, old_values, stats_mask, ppo.gamma, ppo.lam)
-    if ppo.whiten_advantages:  # mean and (unbiased) variance over the statistics tokens
-        advantages = masked_whiten(advantages, stats_mask)
+    if ppo.whiten_advantages:  # mean and (unbiased) variance over the statistics tokens, std floored
+        advantages = masked_whiten(advantages, stats_mask, min_std=ppo.whiten_min_std)
     return advantages * action_mask, returns, kl
 
 
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var(R - V) / Var(R) over the masked entries: 1 = a perfect critic, 0 = no better than a constant,
+    < 0 = worse. (nan when the returns do not vary.)"""
+    var_r = masked_var(returns, mask, unbiased=False)
+    if var_r <= 1e-12:
+        return float("nan")
+    return float(1 - masked_var(returns - values, mask, unbiased=False) / var_r)
+
+
 def reference_logprobs(actor, batch, token_logprobs) -> torch.Tensor:
-    """log pi_ref: the same weights with the LoRA adapter disabled (no second copy of the model)."""
+    """log pi_ref: the same weights with the RL adapter off (no second copy of the model): the warm-started policy."""
     if not hasattr(actor, "disable_adapter"):
         raise TypeError("the reference policy is the actor with its adapter disabled: the actor needs a LoRA adapter")
-    from .models import keep_requires_grad
+    from .models import keep_requires_grad, reference_policy
 
-    with torch.no_grad(), keep_requires_grad(actor), actor.disable_adapter():
+    with torch.no_grad(), keep_requires_grad(actor), reference_policy(actor):
         return token_logprobs(actor, batch.input_ids, batch.attention_mask, batch.action_mask)[0]
 
 
@@ -160,12 +170,14 @@ def optimizer_step(opt, max_grad_norm: float, world=None) -> None:
     opt.zero_grad()
 
 
-def steppo_update(actor, critic, actor_opt, critic_opt, batch, ppo, seed: int = 0, world=None) -> dict:
+def steppo_update(actor, critic, actor_opt, critic_opt, batch, ppo, seed: int = 0, world=None,
+                  update_actor: bool = True) -> dict:
     """One StePPO update on a rollout batch (global-reward PPO is the same update on a batch
     built without step rewards). Returns namespaced metrics.
 
     Minibatches of ``ppo.minibatch_size`` trajectories; the optimizers step every
     ``ppo.grad_accum`` minibatches (losses scaled by 1 / grad_accum) and after the last one.
+    ``update_actor=False``: a critic warm-up update (the value loss only; the policy is left alone).
     """
     from .batching import token_logprobs
 
@@ -179,6 +191,7 @@ def steppo_update(actor, critic, actor_opt, critic_opt, batch, ppo, seed: int = 
     ref_logprobs = reference_logprobs(actor, batch, token_logprobs)
     advantages, returns, kl = advantages_and_returns(batch.token_rewards, old_logprobs, ref_logprobs, old_values, mask,
                                                      stats, ppo)
+    ev = explained_variance(old_values, returns, stats)  # of the critic that produced these values
 
     actor.train()
     critic.train()
@@ -193,13 +206,16 @@ def steppo_update(actor, critic, actor_opt, critic_opt, batch, ppo, seed: int = 
             mb = batch.select(idx)
             m = mask[idx]
             step_now = (k + 1) % ppo.grad_accum == 0 or k + 1 == len(starts)
-            logprobs, entropy = token_logprobs(actor, mb.input_ids, mb.attention_mask, m, with_entropy=True)
-            pg_loss, pg_stats = policy_loss(logprobs, old_logprobs[idx], advantages[idx], m, ppo.clip_ratio)
-            ent = masked_mean(entropy, m)
-            # actor loss = L^CLIP - c_ent * H
-            ((pg_loss - ppo.entropy_coef * ent) / ppo.grad_accum).backward()
-            if step_now:
-                optimizer_step(actor_opt, ppo.max_grad_norm, world)
+            if update_actor:
+                logprobs, entropy = token_logprobs(actor, mb.input_ids, mb.attention_mask, m, with_entropy=True)
+                pg_loss, pg_stats = policy_loss(logprobs, old_logprobs[idx], advantages[idx], m, ppo.clip_ratio)
+                ent = masked_mean(entropy, m)
+                # actor loss = L^CLIP - c_ent * H
+                ((pg_loss - ppo.entropy_coef * ent) / ppo.grad_accum).backward()
+                if step_now:
+                    optimizer_step(actor_opt, ppo.max_grad_norm, world)
+            else:  # critic warm-up: nothing for the actor
+                pg_loss, ent, pg_stats = torch.zeros(()), torch.zeros(()), {}
             with critic.active():  # a shared-backbone critic recomputes under its own adapter in backward
                 values = critic(mb.input_ids, mb.attention_mask)
                 vf_loss = value_loss(values, old_values[idx], returns[idx], stats[idx], ppo.value_clip)
@@ -211,5 +227,7 @@ def steppo_update(actor, critic, actor_opt, critic_opt, batch, ppo, seed: int = 
                 logs.setdefault(key, []).append(value)
     out = {k: sum(v) / len(v) for k, v in logs.items()}
     out["losses/kl_ref"] = (kl.sum() / mask.sum().clamp(min=1)).item()
+    out["critic/explained_variance"] = ev
+    out["losses/actor_updated"] = float(update_actor)
     out["reward/token_sum"] = (batch.token_rewards.sum() / n).item()
     return out

@@ -1,6 +1,7 @@
 """The RL training loop: rollout -> rewards -> StePPO / PPO / GRPO update -> metrics, checkpoints.
 
     python -m stepsearch_lib.train --profile smoke --algo steppo|ppo|grpo [--reward-config NAME] [--steps N]
+        [--seed S] [--run-name NAME] [--stop-after K] [--no-resume] [--set SECTION.FIELD=VALUE ...]
 
 * ``steppo``: token-level rewards (step rewards on each ``</search>`` + final reward), critic, GAE.
 * ``ppo``: the same update with the final reward only (Search-R1 style global reward).
@@ -9,16 +10,21 @@
   information tokens and per-step masks through its multi-turn hooks without re-implementing
   the rollout inside them.
 
-Each step's randomness (question sample, sampling, dropout) is derived from (seed, step), so a
-run resumed from the checkpoint after step k reproduces step k + 1 of an uninterrupted run.
+Each run lives in ``checkpoints/<algo>-<reward>-s<seed>[-<run name>]/`` with its metrics in
+``metrics/<same name>.jsonl``. Each step's randomness (question sample, sampling, dropout) is derived
+from (seed, step), so a run resumed from the checkpoint after step k reproduces step k + 1 of an
+uninterrupted run. A resume compares every setting that affects training (`training_settings`)
+and refuses, naming the fields, when one differs; ``--stop-after K`` trains a run in pieces.
 A NaN or inf loss stops the run; the last checkpoint stays the last good one.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -33,6 +39,7 @@ from .retrieval import peak_rss_mb
 from .rewards import score_trajectory
 from .rollout import rollout_from_config
 from .scripted import gold_of
+from .sft import init_adapter_path
 from .parallel import World, assert_replicas_equal, barrier, init_world, mean_over_processes
 from .steppo import masked_mean, optimizer_step, params_of, policy_loss, set_lr, steppo_update, warmup_factor
 
@@ -44,8 +51,45 @@ class NonFiniteLossError(RuntimeError):
     """A loss became NaN or inf; the run stopped and kept its last good checkpoint."""
 
 
-def run_name(algo: str, reward_name: str) -> str:
-    return f"{algo}-{reward_name}"
+def run_name(algo: str, reward_name: str, seed: int = 0, tag: str = "") -> str:
+    """``<algo>-<reward>-s<seed>`` plus ``-<tag>`` (a user's ``--run-name``): runs never share a folder.
+
+    >>> run_name("steppo", "full", 2), run_name("ppo", "global_only", 0, "lr5e-5")
+    ('steppo-full-s2', 'ppo-global_only-s0-lr5e-5')
+    """
+    if tag and not all(c.isalnum() or c in "._" for c in tag.replace("-", "")):
+        raise ValueError(f"run name {tag!r}: use letters, digits, '.', '_' and '-' only")
+    return f"{algo}-{reward_name}-s{seed}" + (f"-{tag}" if tag else "")
+
+
+SETTINGS_SECTIONS = ("model", "retrieval", "rollout", "reward", "ppo", "train")
+"""Config sections whose every field affects training (less `NOT_TRAINING`)."""
+
+NOT_TRAINING = {"model.cache_dir", "train.save_every", "train.sft_eval_questions"}
+"""Fields that change where or how often things are written, not what is learned."""
+
+
+def training_settings(cfg, warm_start: Path | None = None) -> dict:
+    """Every setting a checkpoint must share with a run that resumes it: each field of the training
+    sections (flat ``section.field`` keys), the profile, the seed and the warm start's folder."""
+    settings = {"profile": cfg.profile, "seed": cfg.seed,
+                "warm_start": None if warm_start is None else _relative(Path(warm_start), cfg.run_dir)}
+    for section in SETTINGS_SECTIONS:
+        for key, value in dataclasses.asdict(getattr(cfg, section)).items():
+            if f"{section}.{key}" not in NOT_TRAINING:
+                settings[f"{section}.{key}"] = value
+    return json.loads(json.dumps(settings))  # tuples -> lists, as they come back from state.json
+
+
+def settings_diff(saved: dict, now: dict) -> list[str]:
+    """``field (checkpoint X, now Y)`` for every setting that differs."""
+    return [f"{k} (checkpoint {saved.get(k, '<absent>')!r}, now {now.get(k, '<absent>')!r})"
+            for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+
+
+def _relative(path: Path, root: Path) -> str:
+    path, root = path.resolve(), root.resolve()
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
 def build_models(cfg):
@@ -58,7 +102,7 @@ def build_models(cfg):
     from dataclasses import replace
 
     from .critic import ValueModel, add_critic_adapter
-    from .models import LoraSpec, init_adapter_path
+    from .models import LoraSpec
 
     actor, tok = policy_from_config(cfg, adapter=init_adapter_path(cfg))
     if cfg.model.critic == "shared":
@@ -77,14 +121,6 @@ def build_models(cfg):
     opt_a = torch.optim.AdamW(actor_params, lr=cfg.ppo.actor_lr)
     opt_c = torch.optim.AdamW(critic.trainable_parameters(), lr=cfg.ppo.critic_lr)
     return actor, critic, tok, opt_a, opt_c
-
-
-def run_settings(cfg, algo: str, reward_name: str) -> dict:
-    """What a checkpoint must share with a run that resumes it."""
-    m = cfg.model
-    return {"algo": algo, "reward": reward_name, "policy": m.policy, "load_in_4bit": m.load_in_4bit, "critic": m.critic,
-            "lora": [m.lora_r, m.lora_alpha, m.lora_target], "init_adapter": cfg.train.init_adapter,
-            "init_adapter_mode": cfg.train.init_adapter_mode, "seed": cfg.seed}
 
 
 def _step_questions(records: list[dict], n: int, seed: int, step: int) -> list[dict]:
@@ -121,17 +157,24 @@ def grpo_update(actor, opt, batch, groups: list[int], outcome: list[float], ppo,
     return {"losses/policy": float(np.mean(losses)), **stats}
 
 
+class SettingsMismatchError(ValueError):
+    """A run folder holds a checkpoint trained with other settings."""
+
+
 def train(cfg, algo: str | None = None, reward_name: str | None = None, steps: int | None = None,
-          records: list[dict] | None = None, retriever=None, resume: bool = True, world: World | None = None) -> Path:
-    """Train, appending one JSON line of metrics per step to ``metrics/<algo>-<reward>.jsonl``.
+          records: list[dict] | None = None, retriever=None, resume: bool = True, world: World | None = None,
+          tag: str = "", stop_after: int | None = None) -> Path:
+    """Train, appending one JSON line of metrics per step to ``metrics/<run name>.jsonl``.
 
-    Under a data-parallel launcher (``world.size > 1``) every process rolls out its own
-    ``train.questions_per_step`` questions; gradients are averaged before each optimizer step;
-    metrics are averaged over processes; process 0 writes metrics and checkpoints.
+    ``algo``, ``reward_name``, ``steps`` (None: the config's) set ``train.algo``, ``reward.name`` and
+    ``train.steps``; ``tag`` is the user's run name; ``stop_after`` stops after that many updates of the
+    ``steps``-update run (resume later to go on). ``resume=False`` starts the run over, but never in a
+    folder that holds a run with other settings. Under a data-parallel launcher (``world.size > 1``)
+    every process rolls out its own ``train.questions_per_step`` questions; gradients are averaged before
+    each optimizer step; metrics are averaged over processes; process 0 writes metrics and checkpoints.
     """
-    from dataclasses import replace
-
     from .index import profile_retriever
+    from .overrides import apply_overrides
     from .stepsearch_format import read_stepsearch
 
     world = world or World()
@@ -139,27 +182,32 @@ def train(cfg, algo: str | None = None, reward_name: str | None = None, steps: i
     if algo not in ALGOS:
         raise ValueError(f"algo must be one of {ALGOS}, got {algo!r}")
     reward_name = reward_name or ("global_only" if algo == "ppo" else cfg.reward.name)
-    reward_cfg = replace(cfg.reward, name=reward_name)
-    steps = steps if steps is not None else cfg.train.steps
+    cfg = apply_overrides(cfg, {"train.algo": algo, "reward.name": reward_name,
+                                "train.steps": steps if steps is not None else cfg.train.steps})
+    steps, reward_cfg = cfg.train.steps, cfg.reward
+    name = run_name(algo, reward_name, cfg.seed, tag)
+    ckpt_dir, metrics_path = cfg.path("checkpoints", name), cfg.path("metrics", f"{name}.jsonl")
+    settings = training_settings(cfg, init_adapter_path(cfg))
+    latest = latest_checkpoint(ckpt_dir)
+    if latest is not None:  # the folder holds a run: it must be this one
+        diff = settings_diff(json.loads((latest / "state.json").read_text()).get("settings") or {}, settings)
+        if diff:
+            raise SettingsMismatchError(
+                f"{ckpt_dir} holds a run trained with other settings: {'; '.join(diff[:12])}"
+                f"{' ...' if len(diff) > 12 else ''}. Give this run its own name (CLI: --run-name NAME) or delete "
+                f"that folder and metrics/{name}.jsonl yourself.")
     records = records if records is not None else read_stepsearch(cfg.path("data", "stepsearch_train.jsonl"))
     retriever = retriever if retriever is not None else profile_retriever(cfg)
     actor, critic, tok, opt_a, opt_c = build_models(cfg)
-    name = run_name(algo, reward_name)
-    ckpt_dir, metrics_path = cfg.path("checkpoints", name), cfg.path("metrics", f"{name}.jsonl")
-    settings = run_settings(cfg, algo, reward_name)
     start = 0
-    latest = latest_checkpoint(ckpt_dir) if resume else None
-    if latest is not None:
-        saved = json.loads((latest / "state.json").read_text()).get("settings")
-        if saved != settings:
-            raise ValueError(f"{latest} was trained with different settings ({saved}) than this run ({settings}); "
-                             f"pass resume=False (CLI: --no-resume) to start over, or delete {ckpt_dir}")
+    if latest is not None and resume:
         start = load_checkpoint(latest, actor, critic, opt_a, opt_c)["step"]
+    end = steps if stop_after is None else min(steps, stop_after)
     if world.is_main:
         _truncate_metrics(metrics_path, start)
     group = cfg.train.grpo_group_size if algo == "grpo" else 1
     per_rank = cfg.train.questions_per_step
-    for step in tqdm(range(start, steps), desc=f"{name} steps", initial=start, total=steps, disable=not world.is_main):
+    for step in tqdm(range(start, end), desc=f"{name} steps", initial=start, total=steps, disable=not world.is_main):
         t0 = time.perf_counter()
         chosen = _step_questions(records, per_rank * world.size, cfg.seed, step)[world.rank * per_rank:][:per_rank]
         chosen = [r for r in chosen for _ in range(group)]
@@ -181,20 +229,23 @@ def train(cfg, algo: str | None = None, reward_name: str | None = None, steps: i
                 losses = grpo_update(actor, opt_a, batch, [i // group for i in range(len(chosen))], outcome, cfg.ppo,
                                      cfg.seed + step, world)
             else:
-                losses = steppo_update(actor, critic, opt_a, opt_c, batch, cfg.ppo, seed=cfg.seed + step, world=world)
+                losses = steppo_update(actor, critic, opt_a, opt_c, batch, cfg.ppo, seed=cfg.seed + step, world=world,
+                                       update_actor=step >= cfg.ppo.critic_warmup_updates)
         row = mean_over_processes({**_rollout_metrics(trajs, scored), **losses, "lr/actor": lr_a, "lr/critic": lr_c},
                                   world)
         if not all(math.isfinite(v) for k, v in row.items() if k.startswith("losses/")):
             raise NonFiniteLossError(f"step {step + 1}: non-finite loss {losses}; stopped, kept {latest_checkpoint(ckpt_dir)}")
-        if (step + 1) % cfg.train.save_every == 0 or step + 1 == steps:
+        save_now = (step + 1) % cfg.train.save_every == 0 or step + 1 == end
+        if save_now:
             assert_replicas_equal(params_of(opt_a) + params_of(opt_c), world)
         row = {"step": step + 1, **row, "time/rollout_s": t_rollout, "time/step_s": time.perf_counter() - t0,
                "time/processes": world.size, "memory/peak_rss_mb": peak_rss_mb()}
         if world.is_main:
             with open(metrics_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
-            if (step + 1) % cfg.train.save_every == 0 or step + 1 == steps:
-                save_checkpoint(ckpt_dir, step + 1, actor, critic, opt_a, opt_c, {"algo": algo, "reward": reward_name, "settings": settings})
+            if save_now:
+                save_checkpoint(ckpt_dir, step + 1, actor, critic, opt_a, opt_c,
+                                {"algo": algo, "reward": reward_name, "run": name, "settings": settings})
         barrier(world)
     return metrics_path
 
@@ -209,8 +260,12 @@ def _truncate_metrics(path: Path, keep_steps: int) -> None:
 
 
 def _rollout_metrics(trajs, scored) -> dict:
+    returns = [s.final_reward + sum(s.step_rewards) for s in scored]
     return {
-        "reward/answer_f1": float(np.mean([s.answer_f1 for s in scored])),
+        "reward/answer_f1": float(np.mean([s.answer_f1 for s in scored])),  # F1 also when the gate fails
+        "reward/answer": float(np.mean([s.answer_reward for s in scored])),  # the gated answer reward
+        "reward/step_sum": float(np.mean([sum(s.step_rewards) for s in scored])),
+        "rollout/return_std": float(np.std(returns)),  # 0: nothing in this batch tells episodes apart
         "reward/format_ok": float(np.mean([s.format_ok for s in scored])),
         "reward/search_key": float(np.mean([s.search_key for s in scored])),
         "reward/info_gain": float(np.mean([sum(s.info_gain) for s in scored])),
@@ -222,23 +277,29 @@ def _rollout_metrics(trajs, scored) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .config import get_config
-    from .overrides import parse_cli_overrides
+    from .config import add_config_args, config_from_args
 
-    ap = argparse.ArgumentParser(description="Train a search agent with StePPO, PPO or GRPO "
-                                             "(data parallel under `accelerate launch`).")
-    ap.add_argument("--profile", default="cpu")
-    ap.add_argument("--algo", choices=ALGOS, default="steppo")
-    ap.add_argument("--reward-config", default=None, help="full, no_info_gain, no_redundancy, no_search_key, no_step, global_only")
-    ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-resume", action="store_true")
-    ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                    help="config override, repeatable (e.g. --set train.questions_per_step=4)")
+    ap = argparse.ArgumentParser(
+        description="Train a search agent with StePPO, PPO or GRPO (data parallel under `accelerate launch`).",
+        epilog="example: python -m stepsearch_lib.train --profile cpu --algo ppo --seed 1 --stop-after 20 "
+               "--set ppo.actor_lr=5e-5", formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(ap)
+    ap.add_argument("--algo", choices=ALGOS, default=None, help="default: the config's train.algo (steppo)")
+    ap.add_argument("--reward-config", default=None, help="full, no_info_gain, no_redundancy, no_search_key, no_step, "
+                                                            "global_only (default: reward.name; global_only for ppo)")
+    ap.add_argument("--steps", type=int, default=None, help="updates of the run (train.steps)")
+    ap.add_argument("--stop-after", type=int, default=None, metavar="K", help="stop after update K (resume later)")
+    ap.add_argument("--run-name", default="", help="added to the run folder's name: <algo>-<reward>-s<seed>-NAME")
+    ap.add_argument("--no-resume", action="store_true", help="start this run over (never another run's folder)")
     args = ap.parse_args(argv)
-    cfg = get_config(args.profile, parse_cli_overrides(args.set), seed=args.seed)
+    cfg = config_from_args(args)
     world = init_world(cpu=not torch.cuda.is_available())
-    path = train(cfg, args.algo, args.reward_config, args.steps, resume=not args.no_resume, world=world)
+    try:
+        path = train(cfg, args.algo, args.reward_config, args.steps, resume=not args.no_resume, world=world,
+                     tag=args.run_name, stop_after=args.stop_after)
+    except (SettingsMismatchError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if world.is_main:
         print(f"metrics: {path}")
     return 0

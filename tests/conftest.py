@@ -114,11 +114,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server(index_dirs):
+def start_server(index_dir, *extra: str):
+    """`python -m stepsearch_lib.server` in a subprocess on a free loopback port; returns (process, base URL)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "stepsearch_lib.server", "--index", str(index_dirs / "bm25"),
-                             "--port", str(port), "--max-queries", "64"],
+    proc = subprocess.Popen([sys.executable, "-m", "stepsearch_lib.server", "--index", str(index_dir),
+                             "--port", str(port), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -127,12 +127,16 @@ def server(index_dirs):
             pytest.fail(f"server exited: {proc.stdout.read()}")
         try:
             if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                break
+                return proc, base
         except httpx.TransportError:
             time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail("server did not come up in 120 s")
+    proc.kill()
+    pytest.fail("server did not come up in 120 s")
+
+
+@pytest.fixture(scope="session")
+def server(index_dirs):
+    proc, base = start_server(index_dirs / "bm25", "--max-queries", "64")
     yield base
     proc.terminate()
     proc.wait(timeout=30)

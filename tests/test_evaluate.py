@@ -83,7 +83,7 @@ def test_a_training_checkpoint_loads_for_evaluation(tmp_path, model_cache, steps
                                "train.questions_per_step": 2, "rollout.max_new_tokens": 8, "rollout.max_turns": 1,
                                "ppo.minibatch_size": 2, "ppo.actor_lr": 1e-2})
     train(cfg, "steppo", steps=1, records=stepsearch_records, retriever=load_retriever(index_dirs / "bm25"))
-    ckpt = cfg.path("checkpoints", "steppo-full")
+    ckpt = cfg.path("checkpoints", "steppo-full-s0")
     saved = load_file(str(latest_checkpoint(ckpt) / "actor_adapter.safetensors"))
     model, _ = load_model_for_eval(str(ckpt), cfg)
     params = dict(model.named_parameters())
@@ -98,7 +98,7 @@ def test_profile_matrix_includes_existing_checkpoints_and_reuses_finished_cells(
     cfg = get_config("smoke", {"artifact_root": str(tmp_path), "model.cache_dir": str(model_cache),
                                "rollout.max_new_tokens": 8, "rollout.max_turns": 1, "eval.methods": ["naive", "rag"]})
     assert [e.label for e in suite.evaluation_plan(cfg)] == ["naive generation", "single-shot RAG"]
-    fake_run = cfg.path("checkpoints", "ppo-global_only")
+    fake_run = cfg.path("checkpoints", "ppo-global_only-s0")
     fake_run.mkdir(parents=True)
     (fake_run / "latest").write_text("step-000001")
     assert suite.evaluation_plan(cfg)[-1].label == "PPO"

@@ -91,3 +91,66 @@ def test_without_guard_gradients_go_wrong(model_cache):
     g4 = _lora_grads(model4, batch)
     assert _rel_err(g4, gref) > 1e-2
     assert guard_4bit_cpu_gradients(model4) > 0
+
+
+def test_a_warm_start_survives_the_4bit_path(tmp_path, tokenizer):
+    """A QLoRA warm start (its adapter trained on the NF4 base) loaded for RL on the 4-bit path: the policy
+    (fresh RL adapter, B = 0) and the KL reference both compute exactly the warm-started log-probabilities.
+    Merging the adapter into the NF4 weights instead (the earlier path) re-quantises them and loses it."""
+    from peft import PeftModel
+
+    from stepsearch_lib.batching import build_batch, token_logprobs
+    from stepsearch_lib.critic import ValueModel, add_critic_adapter
+    from stepsearch_lib.models import WARM_ADAPTER
+    from stepsearch_lib.steppo import reference_logprobs
+
+    sft = add_lora(load_policy("tiny-random", seed=0, load_in_4bit=True)[0], LoraSpec(r=8, alpha=16, dropout=0.0))
+    _randomise_lora(sft, seed=3)
+    with torch.no_grad():  # a realistic warm start: a change well below the NF4 step of the weights
+        for n, p in sft.named_parameters():
+            if "lora_" in n:
+                p.mul_(0.1)
+    sft.save_pretrained(tmp_path / "sft")
+    ids = torch.tensor([tokenizer("Who wrote Hamlet? <search> Hamlet author </search> <answer> Shakespeare </answer>")
+                        ["input_ids"]])
+    attn = torch.ones_like(ids)
+
+    def logprobs(model):
+        model.eval()
+        with torch.no_grad():
+            return token_logprobs(model, ids, attn)[0][0, 1:]
+
+    warm = logprobs(sft)  # the warm-started policy, as SFT trained it
+    base = logprobs(load_policy("tiny-random", seed=0, load_in_4bit=True)[0])
+    assert (warm - base).abs().mean() > 1e-3  # the warm start changes the model
+
+    policy, _ = load_policy("tiny-random", seed=0, load_in_4bit=True, adapter=tmp_path / "sft", merge_adapter=True,
+                            lora=LoraSpec(r=4, alpha=8, dropout=0.0))
+    assert list(policy.base_model.active_adapters) == [WARM_ADAPTER, "default"]
+    assert {n for n, p in policy.named_parameters() if p.requires_grad} == {
+        n for n, _ in policy.named_parameters() if ".default." in n}
+    torch.testing.assert_close(logprobs(policy), warm, atol=1e-5, rtol=0)
+
+    class _Traj:  # one trajectory, every token a response token, for the reference pass
+        prompt_ids, response_ids = ids[0, :1].tolist(), ids[0, 1:].tolist()
+        loss_mask, search_end_idx = [1] * (ids.shape[1] - 1), []
+
+    class _Score:
+        step_rewards, final_reward = [], 0.0
+
+    batch = build_batch([_Traj()], [_Score()], tokenizer.pad_token_id)
+    _randomise_lora(policy, seed=5)  # RL moved the policy ...
+    for n, p in policy.named_parameters():  # (randomising touched the warm adapter too: put it back)
+        if f".{WARM_ADAPTER}." in n:
+            p.data.copy_(dict(sft.named_parameters())[n.replace(f".{WARM_ADAPTER}.", ".default.")].data)
+    ref = reference_logprobs(policy, batch, token_logprobs)[0, 1:]
+    torch.testing.assert_close(ref, warm, atol=1e-5, rtol=0)  # ... the reference is still the warm start
+    assert (logprobs(policy) - warm).abs().max() > 1e-3
+
+    add_critic_adapter(policy, LoraSpec(r=4, alpha=8, dropout=0.0))
+    ValueModel(policy, adapter="critic")(ids, attn)  # a critic pass switches adapters and switches them back
+    assert list(policy.base_model.active_adapters) == [WARM_ADAPTER, "default"]
+
+    merged = PeftModel.from_pretrained(load_policy("tiny-random", seed=0, load_in_4bit=True)[0], str(tmp_path / "sft"))
+    lost = (logprobs(merged.merge_and_unload()) - warm).abs().mean()
+    assert lost > 0.3 * (warm - base).abs().mean()  # merging into NF4 loses much of the warm start

@@ -35,8 +35,8 @@ def test_two_gloo_processes_train_two_steps(tmp_path, free_tcp_port, model_cache
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=540, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = [json.loads(line) for line in cfg.path("metrics", "steppo-full.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in cfg.path("metrics", "steppo-full-s0.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]  # written once (by process 0), not once per process
     assert all(r["time/processes"] == 2 for r in rows)
     # every checkpoint save first checks that both replicas hold identical weights
-    assert latest_checkpoint(cfg.path("checkpoints", "steppo-full")).name == "step-000002"
+    assert latest_checkpoint(cfg.path("checkpoints", "steppo-full-s0")).name == "step-000002"

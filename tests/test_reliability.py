@@ -43,7 +43,7 @@ def _cli(cfg, steps, model_cache):
 
 def _metrics(cfg):
     return [{k: v for k, v in json.loads(line).items() if not k.startswith(("time/", "memory/"))}
-            for line in cfg.path("metrics", "steppo-full.jsonl").read_text().splitlines()]
+            for line in cfg.path("metrics", "steppo-full-s0.jsonl").read_text().splitlines()]
 
 
 def test_a_sigkilled_run_resumes_to_the_uninterrupted_metrics(tmp_path, model_cache, stepsearch_records, index_dirs):
@@ -52,7 +52,7 @@ def test_a_sigkilled_run_resumes_to_the_uninterrupted_metrics(tmp_path, model_ca
     subprocess.run(_cli(full, 3, model_cache), check=True, capture_output=True, env=env, timeout=600)
     killed = _run_dir(tmp_path / "killed", model_cache, stepsearch_records, index_dirs)
     proc = subprocess.Popen(_cli(killed, 3, model_cache), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    pointer = killed.path("checkpoints", "steppo-full", "latest")
+    pointer = killed.path("checkpoints", "steppo-full-s0", "latest")
     deadline = time.monotonic() + 600
     while not pointer.is_file() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -60,7 +60,7 @@ def test_a_sigkilled_run_resumes_to_the_uninterrupted_metrics(tmp_path, model_ca
     proc.wait()
     record("training: runs killed with SIGKILL and resumed")
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert latest_checkpoint(killed.path("checkpoints", "steppo-full")) is not None
+    assert latest_checkpoint(killed.path("checkpoints", "steppo-full-s0")) is not None
     subprocess.run(_cli(killed, 3, model_cache), check=True, capture_output=True, env=env, timeout=600)
     assert _metrics(killed) == _metrics(full)
 
@@ -113,13 +113,13 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path):
 
 def test_abusive_requests_get_4xx_and_the_server_keeps_serving(server):
     cases = [({"queries": ["q"] * 10_000}, {413, 422}), ({"queries": ["q"], "topk": 0}, {422}),
-             ({"queries": ["q"], "topk": 10**9}, {422}), ({"queries": [None]}, {422}), ({"queries": [""]}, {422})]
+             ({"queries": ["q"], "topk": 10**9}, {422}), ({"queries": [None]}, {422}), ({"queries": [""]}, {200})]
     for payload, statuses in cases:
         assert httpx.post(f"{server}/retrieve", json=payload, timeout=30).status_code in statuses
     for body in (b"\x00\xff\xfe", b"[1, 2", b"null", "é".encode("latin-1")):
         assert httpx.post(f"{server}/retrieve", content=body, headers={"content-type": "application/json"},
                           timeout=30).status_code in (400, 422)
-    assert httpx.post(f"{server}/retrieve", content=b"x" * 3_000_000, timeout=30).status_code == 413
+    assert httpx.post(f"{server}/retrieve", content=b"x" * 17_000_000, timeout=30).status_code == 413
     record("server: abusive requests", len(cases) + 5)
     assert httpx.post(f"{server}/retrieve", json={"queries": ["ok"]}, timeout=30).status_code == 200
 

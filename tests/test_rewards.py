@@ -321,3 +321,8 @@ def test_trl_style_wrappers():
     assert answer_f1_reward(comps, golden_answers=[["China"], ["China"]]) == [1.0, -1.0]
     assert search_key_score(comps, search_keys=[[["Dai Jitao country"]], [["x"]]]) == [1.0, 0.0]
     assert f1_score("a b", "b a") == 1.0
+
+
+def test_a_failed_gate_keeps_the_real_f1_for_the_logs():
+    r = score_trajectory(**{**SCORE, "response": "<answer> China </answer> and more"}, reward_cfg=RewardConfig())
+    assert (r.format_ok, r.answer_f1, r.answer_reward, r.final_reward) == (False, 1.0, -1.0, -1.0)

@@ -90,3 +90,47 @@ def test_whiten_and_entropy():
     assert masked_mean(w ** 2, mask).item() == pytest.approx(2 / 3, abs=1e-4)  # unbiased variance: (n - 1) / n
     h = entropy_from_logits(torch.zeros(1, 1, 4))
     assert h.item() == pytest.approx(math.log(4))
+
+
+def test_whitening_does_not_blow_up_a_batch_without_signal():
+    """All returns equal: what varies is KL / critic noise of ~1e-4. Plain whitening scales it to unit size;
+    the floor (ppo.whiten_min_std) leaves it near zero. Real spread is whitened as before."""
+    noise = 1e-4 * torch.tensor([[1.0, -2.0, 0.5, 1.5, -1.0]])
+    mask = torch.ones_like(noise)
+    assert masked_mean(masked_whiten(-1.0 + noise, mask) ** 2, mask).item() > 0.5
+    assert masked_whiten(-1.0 + noise, mask, min_std=0.05).abs().max().item() < 0.01
+    signal = torch.tensor([[1.0, 0.0, -1.0, 0.5, 2.0]])
+    torch.testing.assert_close(masked_whiten(signal, mask, min_std=0.05), masked_whiten(signal, mask))
+
+
+EV_CASES = [  # values, returns, explained variance by hand
+    ([0.0, 0.0, 0.0, 0.0], [1.0, 2.0, 3.0, 4.0], 0.0),  # a constant critic explains nothing
+    ([1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0], 1.0),
+    ([2.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0], 1 - 0.1875 / 1.25),  # R - V = [-1, 0, 0, 0]: Var 0.1875; Var(R) 1.25
+]
+
+
+@pytest.mark.parametrize("values,returns,expected", EV_CASES)
+def test_explained_variance(values, returns, expected):
+    from stepsearch_lib.steppo import explained_variance
+
+    v, r = torch.tensor([values]), torch.tensor([returns])
+    assert explained_variance(v, r, torch.ones_like(r)) == pytest.approx(1 - float(torch.var(r - v, unbiased=False)
+                                                                                / torch.var(r, unbiased=False)))
+    assert explained_variance(v, r, torch.ones_like(r)) == pytest.approx(expected)
+
+
+def test_log_probabilities_use_a_float32_head_on_a_bfloat16_model(tokenizer):
+    from stepsearch_lib.batching import token_logprobs
+    from stepsearch_lib.models import build_tiny_model
+
+    model = build_tiny_model(tokenizer, seed=0).to(torch.bfloat16).eval()
+    ids = torch.tensor([tokenizer("Who wrote Hamlet? <answer> Shakespeare </answer>")["input_ids"]])
+    with torch.no_grad():
+        got = token_logprobs(model, ids, torch.ones_like(ids))[0][0, 1:]
+        hidden = model.get_decoder()(input_ids=ids).last_hidden_state[0, :-1]
+        exact = torch.log_softmax(hidden.float() @ model.lm_head.weight.float().T, -1)
+        want = exact.gather(-1, ids[0, 1:, None]).squeeze(-1)
+        bf16 = torch.log_softmax(model.lm_head(hidden).float(), -1).gather(-1, ids[0, 1:, None]).squeeze(-1)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert (bf16 - want).abs().max() > 10 * (got - want).abs().max() + 1e-4  # the bfloat16 head really rounds

@@ -151,3 +151,18 @@ def test_shared_critic_gradients_survive_activation_checkpointing(setup, tokeniz
         grads.append(torch.cat([p.grad.flatten() for p in critic.trainable_parameters()]))
     assert grads[0].abs().sum() > 0
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+
+
+def test_a_critic_warmup_update_leaves_the_actor_alone(setup, tokenizer):
+    actor, trajs, scored = setup
+    actor = copy.deepcopy(actor)
+    critic = ValueModel(build_tiny_model(tokenizer, hidden_size=32, layers=1, seed=3))
+    batch = build_batch(trajs, scored, tokenizer.pad_token_id)
+    before = {n: p.detach().clone() for n, p in actor.named_parameters() if p.requires_grad}
+    head = critic.value_head.weight.detach().clone()
+    opt_a = torch.optim.AdamW([p for p in actor.parameters() if p.requires_grad], lr=1e-2)
+    opt_c = torch.optim.AdamW(critic.parameters(), lr=1e-2)
+    metrics = steppo_update(actor, critic, opt_a, opt_c, batch, PPOConfig(minibatch_size=4), update_actor=False)
+    assert all(torch.equal(p, before[n]) for n, p in actor.named_parameters() if p.requires_grad)
+    assert not torch.equal(critic.value_head.weight, head)  # the critic learned
+    assert metrics["losses/actor_updated"] == 0.0 and "critic/explained_variance" in metrics
