@@ -2,10 +2,10 @@
 
 import sys
 
-from bench import ann, report, retrieval, rewards, rollout, training
+from bench import ann, fast_rl, report, retrieval, rewards, rollout, training
 
 ALL = {"rewards": rewards.run, "retrieval": retrieval.run, "ann": ann.run, "rollout": rollout.run,
-       "training": training.run}
+       "training": training.run, "rl": fast_rl.run}
 
 names = sys.argv[1:] or list(ALL)
 unknown = [n for n in names if n not in ALL]

@@ -27,6 +27,8 @@ class PPOBatch:
     response_start: list[int]
     response_mask: torch.Tensor | None = None
     """1 on every response token (generated or forced); None = the same as ``action_mask``."""
+    old_logprobs: torch.Tensor | None = None
+    """log pi_old of each generated token as the rollout sampled it (0 elsewhere); None: recompute in the update."""
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -35,7 +37,8 @@ class PPOBatch:
         i = torch.as_tensor(list(idx))
         return PPOBatch(self.input_ids[i], self.attention_mask[i], self.action_mask[i], self.token_rewards[i],
                         [self.response_start[j] for j in idx],
-                        None if self.response_mask is None else self.response_mask[i])
+                        None if self.response_mask is None else self.response_mask[i],
+                        None if self.old_logprobs is None else self.old_logprobs[i])
 
     def stats_mask(self, stats_tokens: str) -> torch.Tensor:
         """The mask of GAE, the whitening statistics and the value loss: ``response`` (released: every
@@ -59,6 +62,8 @@ def build_batch(trajectories, scored, pad_id: int, use_step_rewards: bool = True
     attn = torch.zeros((n, width), dtype=torch.long)
     act = torch.zeros((n, width), dtype=torch.float32)
     resp = torch.zeros((n, width), dtype=torch.float32)
+    sampled = all(getattr(t, "sampled_logprobs", None) is not None for t in trajectories)
+    old = torch.zeros((n, width), dtype=torch.float32) if sampled else None
     rew = torch.zeros((n, width), dtype=torch.float32)
     starts = []
     for b, (t, s) in enumerate(zip(trajectories, scored)):
@@ -67,10 +72,12 @@ def build_batch(trajectories, scored, pad_id: int, use_step_rewards: bool = True
         attn[b, : p + r] = 1
         act[b, p : p + r] = torch.tensor(t.loss_mask, dtype=torch.float32)
         resp[b, p : p + r] = 1.0
+        if old is not None:
+            old[b, p : p + r] = torch.tensor(t.sampled_logprobs, dtype=torch.float32)
         steps = s.step_rewards if use_step_rewards else [0.0] * len(s.step_rewards)
         rew[b, p : p + r] = torch.from_numpy(place_rewards(r, t.search_end_idx, steps, s.final_reward)).float()
         starts.append(p)
-    return PPOBatch(ids, attn, act, rew, starts, resp)
+    return PPOBatch(ids, attn, act, rew, starts, resp, old)
 
 
 def lm_head_float32(model, hidden: torch.Tensor) -> torch.Tensor:

@@ -109,12 +109,15 @@ class ModelConfig:
     """LoRA rank (0 = train no adapter)."""
     lora_alpha: int = 64
     """LoRA scaling numerator (scale = alpha / r)."""
-    lora_dropout: float = 0.05
-    """Dropout on the LoRA branch."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA branch (0: the policy that samples is the policy whose log-probabilities PPO scores)."""
     lora_target: str = "all-linear"
     """peft `target_modules`: `all-linear` or a comma-separated list of module names."""
     dtype: str = "float32"
-    """Compute dtype of the policy: float32 (CPU), bfloat16 or float16 (GPU)."""
+    """Weight dtype of the policy: float32 (CPU: the master weights), bfloat16 or float16 (GPU)."""
+    compute_dtype: str = "auto"
+    """Matmul dtype of rollouts and updates: `bfloat16` (autocast; float32 master weights, optimizer, LM head,
+    log-softmax and losses), `float32`, or `auto` = bfloat16 on CUDA and on CPUs with AVX512-BF16 / AMX, else float32."""
     critic: str = "shared"
     """Critic: `shared` = value head on the policy backbone with its own adapter; or a model name for a separate critic."""
     cache_dir: str = ""
@@ -174,7 +177,10 @@ class RolloutConfig:
     doc_words: int = 0
     """Cut each retrieved passage to this many words in the information block (0 = whole passage)."""
     generation_dtype: str = ""
-    """Sample from a merged copy of the policy in this dtype (`bfloat16`: several times faster prefill on AMX CPUs); "" = the policy itself."""
+    """Sample from a merged copy of the policy in this dtype; "" = the policy itself (under ``model.compute_dtype``)."""
+    engine: str = "kv"
+    """Decoding: `kv` (one KV cache across an episode's turns), `reprefill` (re-prefill every turn: the exactness
+    reference) or `hf` (transformers ``generate`` per turn: the benchmark baseline)."""
 
 
 @dataclass(frozen=True)
@@ -266,7 +272,10 @@ class TrainConfig:
     save_every: int = 10
     """Checkpoint interval in updates."""
     gradient_checkpointing: bool = True
-    """Recompute activations in the backward pass (multi-thousand-token trajectories otherwise exhaust 24 GB on CPU)."""
+    """Allow recomputing activations in the backward pass (multi-thousand-token trajectories can exhaust 24 GB on CPU)."""
+    checkpoint_above_tokens: int = 0
+    """Use activation checkpointing only for updates whose largest minibatch holds more than this many (padded)
+    tokens (0 = always, when allowed): below it, memory is no concern and the recompute is wasted time."""
     sft_examples: int = 240
     """Warm-start demonstrations."""
     sft_lr: float = 5e-4
@@ -414,6 +423,8 @@ CHOICES = {
     "rollout.template": ("plan", "think"),
     "rollout.turn_logic": ("released", "strict"),
     "rollout.doc_render": ("released", "search_r1", "ours"),
+    "rollout.engine": ("kv", "reprefill", "hf"),
+    "model.compute_dtype": ("auto", "bfloat16", "float32"),
     "reward.search_key_mode": ("released", "max"),
     "reward.ig_fit": ("doc_and_golds", "pair"),
     "reward.redundancy_match": ("same_rank", "any_rank"),

@@ -68,7 +68,8 @@ class ValueModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         with self.active():
             hidden = self.backbone.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        v = self.value_head(hidden[:, :-1].float()).squeeze(-1)
+        with torch.autocast(hidden.device.type, enabled=False):  # the value head in float32 under autocast
+            v = self.value_head(hidden[:, :-1].float()).squeeze(-1)
         return torch.cat([torch.zeros_like(v[:, :1]), v], dim=1)
 
 

@@ -82,7 +82,8 @@ def predict(method: str, model, tokenizer, records, retriever, cfg) -> list[dict
     """Per question: prediction, gold answers, searches issued (greedy decoding)."""
     from tqdm.auto import tqdm
 
-    from .rollout import generate_batch, rollout_from_config
+    from .decoding import Sampling
+    from .rollout import hf_generate_turn, rollout_from_config
 
     questions = [r.question for r in records]
     if method == "agent":
@@ -97,8 +98,9 @@ def predict(method: str, model, tokenizer, records, retriever, cfg) -> list[dict
         model.eval()
         for start in tqdm(range(0, len(ids), size), desc=method, unit="batch", leave=False,
                           disable=len(ids) <= size):
-            texts += generate_batch(model, tokenizer, ids[start:start + size], cfg.rollout.max_new_tokens, True,
-                                    1.0, 1.0)
+            turns = hf_generate_turn(model, tokenizer, ids[start:start + size],
+                                     Sampling(greedy=True, max_new_tokens=cfg.rollout.max_new_tokens))
+            texts += [tokenizer.decode(t, skip_special_tokens=True) for t in turns]
         outs = [(parse_answer(t), int(method == "rag")) for t in texts]
     else:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")

@@ -234,6 +234,28 @@ def load_policy(
     return model, tok
 
 
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU runs bfloat16 matmuls natively (AVX512-BF16 or AMX), where autocast pays off."""
+    cpu = torch.cpu
+    return bool(torch.backends.mkldnn.is_available() and (
+        getattr(cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(cpu, "_is_amx_tile_supported", lambda: False)()))
+
+
+def resolved_compute_dtype(model_cfg) -> str:
+    """``model.compute_dtype`` with ``auto`` resolved for this machine."""
+    if model_cfg.compute_dtype != "auto":
+        return model_cfg.compute_dtype
+    return "bfloat16" if torch.cuda.is_available() or cpu_supports_bf16() else "float32"
+
+
+def compute_autocast(compute_dtype: str, device=None):
+    """The autocast context of a compute dtype (a no-op for float32)."""
+    if compute_dtype == "float32":
+        return contextlib.nullcontext()
+    device_type = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.autocast(device_type, dtype=_DTYPES[compute_dtype])
+
+
 WARM_ADAPTER = "warm"
 """Adapter name of a warm start kept frozen under the RL adapter (4-bit policies)."""
 

@@ -58,6 +58,7 @@ FIDELITY_PRESETS: dict[str, dict[str, Any]] = {
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {
         "model.policy": "tiny-random",
+        "model.compute_dtype": "float32",  # the same numbers on every CI machine
         "data.corpus_limit": 1000,
         "data.construct_writers": ("rules", "local_llm"),
         "data.max_train_questions": 24,
@@ -91,6 +92,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "data.construct_llm_max_hops": 300,
         "rollout.doc_words": 60,
         "rollout.max_new_tokens": 128,
+        "train.checkpoint_above_tokens": 4096,  # minibatch 2 x ~1,500 tokens fits in memory without recompute
         "ppo.minibatch_size": 2,
         "ppo.actor_lr": 1e-5,
         "ppo.critic_lr": 2e-4,  # 20x the actor: the zero-initialised value head must learn within a short run

@@ -1,7 +1,9 @@
 """Batched multi-turn search rollouts with forced information tokens and loss masks.
 
-Each round, the still-active trajectories of a batch generate together (left padding, one
-``generate`` call with its KV cache) until ``</search>`` or ``</answer>``. What the environment does
+Each round, the still-active trajectories of a batch generate together until ``</search>`` or
+``</answer>``: by default with one KV cache kept across the whole episode (`decoding.BatchDecoder`,
+``rollout.engine = kv``), so only new tokens are ever fed; the sampled token ids are the trainable
+response (token in, token out) and their log-probabilities are kept for PPO. What the environment does
 with each turn is `plan_turn`, a pure function of the turn text and the round (``rollout.turn_logic``):
 
 * ``released`` (the released loop): ``max_turns`` rounds in which searching is allowed, then one final
@@ -27,9 +29,11 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .decoding import STOP_STRINGS, BatchDecoder, Sampling
+from .models import compute_autocast, resolved_compute_dtype
 from .protocol import (
-    INVALID_ACTION_WARNING, LAST_SEARCH_WARNING, STOP_STRINGS, build_prompt, cut_at_stop, cut_words, information_block,
-    key_query, parse_action, split_docs,
+    INVALID_ACTION_WARNING, LAST_SEARCH_WARNING, build_prompt, cut_at_stop, cut_words, information_block, key_query,
+    parse_action, split_docs,
 )
 from .retrieval import Retriever
 
@@ -41,6 +45,9 @@ class Trajectory:
     response_ids: list[int] = field(default_factory=list)
     loss_mask: list[int] = field(default_factory=list)
     """1 on tokens the policy generated, 0 on forced information / warning tokens."""
+    sampled_logprobs: list[float] | None = field(default_factory=list)
+    """log pi(token) of each generated token when it was sampled (0 on forced tokens); None when the engine
+    does not report them (``hf``): the update then recomputes them."""
     search_end_idx: list[int] = field(default_factory=list)
     """Response-token index of the last token of each executed ``</search>``."""
     queries: list[str] = field(default_factory=list)
@@ -62,9 +69,14 @@ class Trajectory:
     def response_text(self, tokenizer) -> str:
         return tokenizer.decode(self.response_ids, skip_special_tokens=False)
 
-    def _append(self, ids: list[int], trainable: bool) -> None:
+    def _append(self, ids: list[int], trainable: bool, logprobs: list[float] | None = None) -> None:
         self.response_ids += ids
         self.loss_mask += [int(trainable)] * len(ids)
+        if self.sampled_logprobs is not None:
+            if trainable and logprobs is None:
+                self.sampled_logprobs = None
+            else:
+                self.sampled_logprobs += list(logprobs) if trainable else [0.0] * len(ids)
 
 
 @dataclass(frozen=True)
@@ -127,22 +139,30 @@ def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def generate_batch(model, tokenizer, sequences: list[list[int]], max_new_tokens: int, greedy: bool,
-              temperature: float, top_p: float) -> list[str]:
-    """One batched ``generate`` over left-padded token sequences (stops at ``</search>`` / ``</answer>``); returns each continuation's text."""
+def hf_generate_turn(model, tokenizer, sequences: list[list[int]], spec: Sampling) -> list[list[int]]:
+    """The baseline engine: one HF ``generate`` over the left-padded full sequences (prompt + history
+    re-prefilled), ``top_k=0`` so it samples what the policy scores; each row's new ids up to its stop."""
     width = max(len(s) for s in sequences)
     pad = tokenizer.pad_token_id
     input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in sequences])
     attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences])
-    kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=pad, stop_strings=list(STOP_STRINGS),
+    kwargs = dict(max_new_tokens=spec.max_new_tokens, pad_token_id=pad, stop_strings=list(STOP_STRINGS),
                   tokenizer=tokenizer)
-    if greedy:
-        kwargs.update(do_sample=False)
-    else:
-        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
+    kwargs.update(do_sample=False) if spec.greedy else kwargs.update(do_sample=True, temperature=spec.temperature,
+                                                                    top_p=spec.top_p, top_k=0)
     with torch.no_grad():
         out = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device), **kwargs)
-    return tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    turns = []
+    for row in out[:, width:].tolist():
+        ids = []
+        for tok in row:
+            if tok in (tokenizer.eos_token_id, pad):
+                break
+            ids.append(tok)
+            if any(s in tokenizer.decode(ids[-12:]) for s in STOP_STRINGS):
+                break
+        turns.append(ids)
+    return turns
 
 
 def generation_copy(model, dtype: str):
@@ -163,28 +183,39 @@ def generation_copy(model, dtype: str):
     return gen.to(getattr(torch, dtype)).eval().requires_grad_(False)
 
 
+ENGINES = ("kv", "reprefill", "hf")
+"""`RolloutConfig.engine`: ``kv`` (one KV cache across turns, `decoding.BatchDecoder`), ``reprefill`` (the same
+decoder re-prefilling every row each turn: the exactness reference) or ``hf`` (HF ``generate`` per turn)."""
+
+
 def rollout(model, tokenizer, questions: Sequence[str], retriever: Retriever, *, topk: int = 3, max_turns: int = 5,
             max_new_tokens: int = 256, max_length: int = 4096, batch_size: int = 8, greedy: bool = False,
             temperature: float = 1.0, top_p: float = 0.95, template: str = "plan", doc_words: int = 0,
             seed: int = 0, generation_dtype: str = "", turn_logic: str = "released", doc_render: str = "released",
-            max_obs_tokens: int = 800) -> list[Trajectory]:
+            max_obs_tokens: int = 800, engine: str = "kv", compute_dtype: str = "float32") -> list[Trajectory]:
     """Roll out one episode per question; batches of ``batch_size`` generate together.
 
     ``generation_dtype`` (e.g. ``bfloat16``): sample from a merged copy of the policy in that dtype
-    ("" = the policy itself). ``turn_logic``, ``doc_render``, ``max_obs_tokens``: see the module docstring."""
+    ("" = the policy itself). ``compute_dtype``: ``bfloat16`` runs the policy under autocast (as the update
+    does). ``turn_logic``, ``doc_render``, ``max_obs_tokens``, ``engine``: see the module docstring."""
+    if engine not in ENGINES:
+        raise ValueError(f"rollout engine must be one of {ENGINES}, got {engine!r}")
     was_training = model.training
     model.eval()
     policy, model = model, (generation_copy(model, generation_dtype) if generation_dtype else model)
+    spec = Sampling(greedy, temperature, top_p, max_new_tokens)
+    opts = dict(topk=topk, max_turns=max_turns, max_length=max_length, doc_words=doc_words, turn_logic=turn_logic,
+                doc_render=doc_render, max_obs_tokens=max_obs_tokens, engine=engine)
     trajectories: list[Trajectory] = []
     bar = tqdm(total=len(questions), desc="rollout", unit="question", leave=False,
                disable=len(questions) <= batch_size)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]), compute_autocast(compute_dtype, model.device):
+        torch.manual_seed(seed)  # the hf engine samples from the global generator (forked here)
+        generator = torch.Generator().manual_seed(seed)
         for start in range(0, len(questions), batch_size):
             batch = [Trajectory(q, _encode(tokenizer, build_prompt(q, template, tokenizer)))
                      for q in questions[start:start + batch_size]]
-            _run_batch(model, tokenizer, batch, retriever, topk, max_turns, max_new_tokens, max_length, greedy,
-                       temperature, top_p, doc_words, turn_logic, doc_render, max_obs_tokens)
+            _run_batch(model, tokenizer, batch, retriever, spec, generator, **opts)
             trajectories += batch
             bar.update(len(batch))
     bar.close()
@@ -201,18 +232,30 @@ def _observe(tokenizer, text: str, max_obs_tokens: int) -> tuple[list[int], str]
     return ids, text
 
 
-def _run_batch(model, tokenizer, batch, retriever, topk, max_turns, max_new_tokens, max_length, greedy, temperature,
-               top_p, doc_words, turn_logic="released", doc_render="released", max_obs_tokens=800) -> None:
+def _run_batch(model, tokenizer, batch: list[Trajectory], retriever, spec: Sampling, generator, *, topk, max_turns,
+               max_length, doc_words, turn_logic, doc_render, max_obs_tokens, engine) -> None:
+    """Play one batch of episodes to the end: turns sampled together, observations appended per row."""
+    decoder = None if engine == "hf" else BatchDecoder(
+        model, tokenizer, {i: t.prompt_ids for i, t in enumerate(batch)}, reuse_cache=engine == "kv")
     for round_idx in range(rounds_of(max_turns)):
-        active = [t for t in batch if not t.done]
+        active = [i for i, t in enumerate(batch) if not t.done]
         if not active:
             return
-        texts = generate_batch(model, tokenizer, [t.prompt_ids + t.response_ids for t in active], max_new_tokens, greedy,
-                          temperature, top_p)
-        searching: list[tuple[Trajectory, Turn]] = []
-        for traj, raw in zip(active, texts):
-            text, _ = cut_at_stop(raw)
-            traj._append(_encode(tokenizer, text), trainable=True)
+        # 1. the policy's turn, token in / token out: the sampled ids are the trainable response
+        if decoder is None:
+            sampled = dict(zip(active, hf_generate_turn(model, tokenizer, [batch[i].prompt_ids + batch[i].response_ids
+                                                                             for i in active], spec)))
+            logps = {i: None for i in active}
+        else:
+            decoder.keep(active)
+            sampled, logps = decoder.generate_turn(spec, generator)
+        # 2. the environment's answer to each turn (`plan_turn`): done, a warning, or a search
+        forced: dict[int, list[int]] = {}
+        searching: list[tuple[int, Turn]] = []
+        for i in active:
+            traj, ids = batch[i], sampled[i]
+            text, _ = cut_at_stop(tokenizer.decode(ids))
+            traj._append(ids, trainable=True, logprobs=logps[i])
             turn = plan_turn(text, round_idx, traj.num_searches, max_turns, turn_logic)
             if turn.key_query is not None:
                 traj.queries.append(turn.key_query)
@@ -222,21 +265,27 @@ def _run_batch(model, tokenizer, batch, retriever, topk, max_turns, max_new_toke
                 traj.invalid_turns += 1
             if turn.search is not None:
                 traj.search_end_idx.append(len(traj.response_ids) - 1)
-                searching.append((traj, turn))
+                searching.append((i, turn))
             elif turn.warning:
-                traj._append(_observe(tokenizer, turn.warning, max_obs_tokens)[0], trainable=False)
+                forced[i] = _observe(tokenizer, turn.warning, max_obs_tokens)[0]
             traj.done = turn.done
+        # 3. retrieval for every search of the round at once; the documents become forced tokens
         if searching:
             results = retriever.batch_search([turn.search for _, turn in searching], topk)
-            for (traj, turn), hits in zip(searching, results):
+            for (i, turn), hits in zip(searching, results):
                 docs = [(h.passage.title, cut_words(h.passage.text, doc_words)) for h in hits]
                 ids, seen = _observe(tokenizer, information_block(docs, doc_render) + turn.warning, max_obs_tokens)
-                traj.step_docs.append(split_docs(seen, doc_render))
-                traj.step_doc_ids.append([h.passage.id for h in hits])
-                traj._append(ids, trainable=False)
-        for traj in active:
-            if len(traj.prompt_ids) + len(traj.response_ids) >= max_length:
-                traj.done = True
+                batch[i].step_docs.append(split_docs(seen, doc_render))
+                batch[i].step_doc_ids.append([h.passage.id for h in hits])
+                forced[i] = ids
+        for i, ids in forced.items():
+            batch[i]._append(ids, trainable=False)
+        for i in active:  # the length cap ends an episode
+            if len(batch[i].prompt_ids) + len(batch[i].response_ids) >= max_length:
+                batch[i].done = True
+        # 4. the observations join the cache of the rows that go on
+        if decoder is not None:
+            decoder.append({i: ids for i, ids in forced.items() if not batch[i].done})
     for traj in batch:
         traj.done = True
 
@@ -250,4 +299,4 @@ def rollout_from_config(model, tokenizer, questions: Sequence[str], retriever: R
                    greedy=greedy, temperature=r.temperature, top_p=r.top_p, template=r.template,
                    doc_words=r.doc_words, seed=cfg.seed if seed is None else seed,
                    generation_dtype=r.generation_dtype, turn_logic=r.turn_logic, doc_render=r.doc_render,
-                   max_obs_tokens=r.max_obs_tokens)
+                   max_obs_tokens=r.max_obs_tokens, engine=r.engine, compute_dtype=resolved_compute_dtype(cfg.model))

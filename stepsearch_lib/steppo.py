@@ -185,8 +185,9 @@ def steppo_update(actor, critic, actor_opt, critic_opt, batch, ppo, seed: int = 
     stats = batch.stats_mask(ppo.stats_tokens)  # released: every response token; paper: generated ones
     actor.eval()
     critic.eval()
-    with torch.no_grad():
-        old_logprobs = token_logprobs(actor, batch.input_ids, batch.attention_mask, mask)[0]
+    with torch.no_grad():  # the behaviour policy's log-probs: as the rollout sampled them, else recomputed
+        old_logprobs = (batch.old_logprobs if batch.old_logprobs is not None
+                        else token_logprobs(actor, batch.input_ids, batch.attention_mask, mask)[0])
         old_values = critic(batch.input_ids, batch.attention_mask)
     ref_logprobs = reference_logprobs(actor, batch, token_logprobs)
     advantages, returns, kl = advantages_and_returns(batch.token_rewards, old_logprobs, ref_logprobs, old_values, mask,
@@ -209,6 +210,9 @@ def steppo_update(actor, critic, actor_opt, critic_opt, batch, ppo, seed: int = 
             if update_actor:
                 logprobs, entropy = token_logprobs(actor, mb.input_ids, mb.attention_mask, m, with_entropy=True)
                 pg_loss, pg_stats = policy_loss(logprobs, old_logprobs[idx], advantages[idx], m, ppo.clip_ratio)
+                if k == 0 and _epoch == 0:  # before any step: the scored policy should be the sampler
+                    dev = ((logprobs.detach() - old_logprobs[idx]).exp() - 1).abs() * m
+                    logs["losses/ratio_dev_first"] = [dev.max().item()]
                 ent = masked_mean(entropy, m)
                 # actor loss = L^CLIP - c_ent * H
                 ((pg_loss - ppo.entropy_coef * ent) / ppo.grad_accum).backward()

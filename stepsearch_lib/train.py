@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from .batching import build_batch, token_logprobs
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .models import policy_from_config
+from .models import compute_autocast, policy_from_config, resolved_compute_dtype
 from .retrieval import peak_rss_mb
 from .rewards import score_trajectory
 from .rollout import rollout_from_config
@@ -203,6 +203,7 @@ def train(cfg, algo: str | None = None, reward_name: str | None = None, steps: i
     if latest is not None and resume:
         start = load_checkpoint(latest, actor, critic, opt_a, opt_c)["step"]
     end = steps if stop_after is None else min(steps, stop_after)
+    compute_dtype = resolved_compute_dtype(cfg.model)  # the update and the rollout share it
     if world.is_main:
         _truncate_metrics(metrics_path, start)
     group = cfg.train.grpo_group_size if algo == "grpo" else 1
@@ -222,7 +223,9 @@ def train(cfg, algo: str | None = None, reward_name: str | None = None, steps: i
         lr_c = cfg.ppo.critic_lr * warmup_factor(step, steps, cfg.ppo.critic_warmup_frac)
         set_lr(opt_a, lr_a)
         set_lr(opt_c, lr_c)
-        with torch.random.fork_rng(devices=[]):
+        _set_checkpointing([actor, critic.backbone], cfg.train.gradient_checkpointing and (
+            _minibatch_tokens(batch, cfg.ppo.minibatch_size) > cfg.train.checkpoint_above_tokens))
+        with torch.random.fork_rng(devices=[]), compute_autocast(compute_dtype, actor.device):
             torch.manual_seed(step_seed)
             if algo == "grpo":
                 outcome = [s.final_reward + sum(s.step_rewards) for s in scored]
@@ -239,6 +242,7 @@ def train(cfg, algo: str | None = None, reward_name: str | None = None, steps: i
         if save_now:
             assert_replicas_equal(params_of(opt_a) + params_of(opt_c), world)
         row = {"step": step + 1, **row, "time/rollout_s": t_rollout, "time/step_s": time.perf_counter() - t0,
+               "time/activation_checkpointing": float(actor.is_activation_checkpointing),
                "time/processes": world.size, "memory/peak_rss_mb": peak_rss_mb()}
         if world.is_main:
             with open(metrics_path, "a", encoding="utf-8") as f:
@@ -248,6 +252,19 @@ def train(cfg, algo: str | None = None, reward_name: str | None = None, steps: i
                                 {"algo": algo, "reward": reward_name, "run": name, "settings": settings})
         barrier(world)
     return metrics_path
+
+
+def _minibatch_tokens(batch, minibatch_size: int) -> int:
+    """Padded tokens of the largest minibatch an update will see (its activations are what checkpointing saves)."""
+    return int(batch.input_ids.shape[1]) * min(minibatch_size, len(batch))
+
+
+def _set_checkpointing(lms, on: bool) -> None:
+    for lm in {id(m): m for m in lms}.values():
+        if on and not lm.is_activation_checkpointing:
+            lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        elif not on and lm.is_activation_checkpointing:
+            lm.activation_checkpointing_disable()
 
 
 def _truncate_metrics(path: Path, keep_steps: int) -> None:

@@ -19,7 +19,7 @@ from reliability_stats import record
 from stepsearch_lib.config import RewardConfig
 from stepsearch_lib.protocol import (
     INVALID_ACTION_WARNING, LAST_SEARCH_WARNING, cut_at_stop, ends_with_answer, extract_answer, extract_queries,
-    information_block, parse_action, render_docs, split_docs,
+    information_block, parse_action, split_docs,
 )
 from stepsearch_lib.rewards import (
     answer_reward, f1_score, information_gain, redundancy_penalty, score_trajectory, search_key_reward,
@@ -66,8 +66,8 @@ def test_rendered_documents_split_back(docs, style):
     on every piece but the last (what its reward compares)."""
     record("documents: render / split round trips")
     texts = [x.strip() for _, x in docs]
-    if style == "released":
-        texts = [f"{x}\nDoc {i + 2}".strip() if i + 1 < len(texts) else x for i, x in enumerate(texts)]
+    if style == "released":  # the piece runs from after "##>" up to the next "<##": raw text + newline + next label
+        texts = [f"{x}\nDoc {i + 2}".strip() if i + 1 < len(docs) else x.strip() for i, (_, x) in enumerate(docs)]
     assert split_docs(information_block(docs, style), style) == texts
 
 
@@ -135,14 +135,16 @@ def test_rollout_post_processing_never_makes_forced_tokens_trainable(turns, toke
 
     calls = iter(range(10_000))
 
-    def scripted_generate(model, tok, sequences, *a, **k):
+    def scripted_generate(model, tok, sequences, *a, **k):  # token ids of each turn, cut at its stop like the engine
         i = next(calls)
-        return [turns[j % len(turns)][i % 6] for j in range(len(sequences))]
+        return [tok(cut_at_stop(turns[j % len(turns)][i % 6])[0], add_special_tokens=False)["input_ids"]
+                for j in range(len(sequences))]
 
-    monkeypatch.setattr(R, "generate_batch", scripted_generate)
+    monkeypatch.setattr(R, "hf_generate_turn", scripted_generate)
 
     class NoModel:
         training = False
+        device = "cpu"
 
         def eval(self):
             return self
@@ -151,7 +153,7 @@ def test_rollout_post_processing_never_makes_forced_tokens_trainable(turns, toke
             return self
 
     trajs = R.rollout(NoModel(), tokenizer, [f"question {i}" for i in range(len(turns))], bm25, topk=2, max_turns=3,
-                      max_new_tokens=16, batch_size=len(turns), doc_words=8)
+                      max_new_tokens=16, batch_size=len(turns), doc_words=8, engine="hf")
     record("rollout: post-processed episodes", len(trajs))
     for t in trajs:
         assert len(t.loss_mask) == len(t.response_ids)
