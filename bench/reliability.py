@@ -14,7 +14,7 @@ STATS = PROJECT_ROOT / "runs" / "reliability" / "stats.json"
 WHAT = {
     "parser": "Tag parser on arbitrary model text (unicode, very long, unclosed / nested tags, thousands of searches): never crashes, returns a clean action",
     "documents": "Rendered information blocks split back into the same documents",
-    "rewards": "Rewards on arbitrary inputs stay within bounds (answer in {-1} or [0, 1], search key, IG, RP in [0, 1], step rewards in [-0.6, 0.6]); fast TF-IDF equals the reference",
+    "rewards": "Rewards on arbitrary inputs stay within bounds (answer in {-1} or [0, 1], search key, IG, RP in [0, 1], step rewards in [-1.6, 1.6]); fast TF-IDF equals the reference",
     "rollout": "Rollout post-processing of arbitrary turns (real parsing, retrieval, forced blocks): no information / warning token is trainable, every search has its forced block and a trainable `</search>` end",
     "data": "Every loader (MuSiQue, HotpotQA, 2Wiki, FlashRAG, corpus) given an empty file, truncated JSON, a wrong type, a missing field, a duplicate id, non-UTF-8 bytes: a clear error naming file:line",
     "training": "A training run SIGKILLed mid-run and resumed: metrics equal to an uninterrupted run; a NaN loss injected: the run stops, the last good checkpoint stays `latest`",
@@ -37,7 +37,7 @@ def render(stats: dict) -> str:
     lines += ["", "Security by construction: weights are safetensors, optimizer states load with "
               "`torch.load(weights_only=True)`, indexes use FAISS / bm25s native formats, embeddings "
               "`np.load(allow_pickle=False)`; every HTTP client has a timeout; the server binds 127.0.0.1 "
-              "unless `--host` says otherwise and caps body size, query count, query length and topk.", ""]
+              "unless `--host` says otherwise and caps body size, query count and topk and cuts over-long queries.", ""]
     return "\n".join(lines)
 
 
