@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import copy
 import os
 import statistics
 import tempfile
@@ -35,6 +34,7 @@ from stepsearch_lib.data import load_corpus, load_questions
 from stepsearch_lib.decompose import resolved_sub_questions
 from stepsearch_lib.fileio import write_json
 from stepsearch_lib.index import build_index
+from stepsearch_lib.models import compute_autocast
 from stepsearch_lib.overrides import apply_overrides
 from stepsearch_lib.retrieval import load_retriever, peak_rss_mb
 from stepsearch_lib.rewards import score_trajectory
@@ -42,7 +42,7 @@ from stepsearch_lib.rollout import rollout_from_config
 from stepsearch_lib.scripted import gold_of
 from stepsearch_lib.sft import warm_start_dir
 from stepsearch_lib.steppo import steppo_update
-from stepsearch_lib.train import build_models, train
+from stepsearch_lib.train import build_models, set_activation_checkpointing, train
 
 RESULTS = PROJECT_ROOT / "bench" / "results"
 """Committed results of this benchmark (small JSON)."""
@@ -96,11 +96,8 @@ def rollout_rate(model, tok, records, retriever, cfg, **rollout) -> tuple[dict, 
 
 
 def timed_update(models, batch, ppo, compute: str, checkpointing: bool) -> tuple[float, dict]:
-    from stepsearch_lib.models import compute_autocast
-    from stepsearch_lib.train import _set_checkpointing
-
     actor, critic, _tok, opt_a, opt_c = models
-    _set_checkpointing([actor, critic.backbone], checkpointing)
+    set_activation_checkpointing([actor, critic.backbone], checkpointing)
     t0 = time.perf_counter()
     with compute_autocast(compute):
         out = steppo_update(actor, critic, opt_a, opt_c, batch, ppo, seed=0)
@@ -117,7 +114,7 @@ def run(profile: str = "cpu", n_questions: int = 16, baseline_questions: int = 4
     retriever = bm25_over_the_corpus(cfg)
     models = build_models(cfg)
     actor, tok = models[0], models[2]
-    snapshot = copy.deepcopy([{k: v.clone() for k, v in m.state_dict().items()} for m in (actor, models[1])])
+    snapshot = [{k: v.clone() for k, v in m.state_dict().items()} for m in (actor, models[1])]
 
     # ---- rollout: KV engine at batch 16 vs per-sample HF generate, same loop, same sampling
     kv, trajs = rollout_rate(actor, tok, records, retriever, cfg, engine="kv", batch_size=16, generation_dtype="bfloat16")

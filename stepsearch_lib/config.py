@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .overrides import apply_overrides, parse_cli_overrides
-from .profiles import FIDELITY_PRESETS, PROFILES
+from .overrides import apply_overrides
+from .profiles import CHOICES, FIDELITY_PRESETS, PROFILES
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 """The repository root (the folder that holds ``stepsearch_lib/``)."""
@@ -409,30 +409,6 @@ def get_config(profile: str = "cpu", overrides: Mapping[str, Any] | None = None,
     return cfg
 
 
-def fidelity_configs(profile: str, overrides: Mapping[str, Any] | None = None, seed: int = 0) -> dict[str, Config]:
-    """One config per fidelity preset (`released`, `paper`), otherwise the same profile and overrides.
-
-    >>> {name: c.reward.redundancy_match for name, c in fidelity_configs("smoke").items()}
-    {'released': 'same_rank', 'paper': 'any_rank'}
-    """
-    return {name: get_config(profile, {**(overrides or {}), "reward.fidelity": name}, seed=seed)
-            for name in FIDELITY_PRESETS}
-
-
-CHOICES = {
-    "rollout.template": ("plan", "think"),
-    "rollout.turn_logic": ("released", "strict"),
-    "rollout.doc_render": ("released", "search_r1", "ours"),
-    "rollout.engine": ("kv", "reprefill", "hf"),
-    "model.compute_dtype": ("auto", "bfloat16", "float32"),
-    "reward.search_key_mode": ("released", "max"),
-    "reward.ig_fit": ("doc_and_golds", "pair"),
-    "reward.redundancy_match": ("same_rank", "any_rank"),
-    "ppo.stats_tokens": ("response", "generated"),
-}
-"""Allowed values of the string fields that select a behaviour."""
-
-
 def check_choices(cfg: Config) -> None:
     """Raise ValueError naming the field when a behaviour-selecting field has an unknown value."""
     for key, allowed in CHOICES.items():
@@ -445,19 +421,3 @@ def check_choices(cfg: Config) -> None:
 def to_dict(cfg: Config) -> dict[str, Any]:
     """Plain nested dict (JSON-serialisable) of a config, for run metadata."""
     return dataclasses.asdict(cfg)
-
-
-def add_config_args(ap) -> None:
-    """The flags every entry point takes the same way: ``--profile``, ``--seed``, ``--set SECTION.FIELD=VALUE``."""
-    ap.add_argument("--profile", default="cpu", help="smoke, cpu or gpu (default: cpu)")
-    ap.add_argument("--seed", type=int, default=None, help="seed of every random generator (default: the config's, 0)")
-    ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                    help="config override, repeatable (e.g. --set train.questions_per_step=4)")
-
-
-def config_from_args(args, extra: Mapping[str, Any] | None = None):
-    """The config of parsed `add_config_args` flags (``extra`` overrides, e.g. from dedicated flags, win)."""
-    overrides = {**parse_cli_overrides(args.set), **(extra or {})}
-    if args.seed is not None:
-        overrides["seed"] = args.seed
-    return get_config(args.profile, overrides)

@@ -25,14 +25,20 @@ from dataclasses import dataclass
 
 import torch
 
-STOP_STRINGS = ("</search>", "</answer>")
-"""A turn ends when its decoded text first contains one of these."""
+from .batching import lm_head_float32
+from .protocol import STOP_STRINGS
 
 _TOP_P_CANDIDATES = 256
 """Tokens sorted for top-p before falling back to a full sort (exact either way)."""
 
 _TAIL_TOKENS = 12
 """Tokens of a turn's tail decoded to look for a stop string (a stop string is at most a few tokens)."""
+
+
+def turn_ended(tokenizer, turn_ids: list[int]) -> bool:
+    """Whether a turn's own ids now contain a stop string (decoded tail: any tokenisation of the tags counts)."""
+    tail = tokenizer.decode(turn_ids[-_TAIL_TOKENS:])
+    return any(s in tail for s in STOP_STRINGS)
 
 
 @dataclass(frozen=True)
@@ -121,8 +127,6 @@ class BatchDecoder:
         """Next-token logits of every row in ``order``, only at the rows' last states: the LM head in float32
         for a float32 policy; in its own dtype for a bfloat16 sampling copy (``rollout.generation_dtype``), where
         a float32 head would copy the whole embedding matrix every step."""
-        from .batching import lm_head_float32
-
         head = self.model.get_output_embeddings()
         with torch.no_grad():
             if head.weight.dtype == torch.float32:
@@ -172,8 +176,7 @@ class BatchDecoder:
                 turn[r].append(tok)
                 logps[r].append(token_logp[i])
                 self.seq[r].append(tok)
-                tail = self.tok.decode(turn[r][-_TAIL_TOKENS:])
-                if any(s in tail for s in STOP_STRINGS) or len(turn[r]) >= spec.max_new_tokens:
+                if turn_ended(self.tok, turn[r]) or len(turn[r]) >= spec.max_new_tokens:
                     running[i] = False
                     self.pending[r].append(tok)  # fed with the next observation
                     feed.append([])

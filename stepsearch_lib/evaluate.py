@@ -24,9 +24,14 @@ from typing import Sequence
 
 import numpy as np
 
+from .cli import add_config_args, config_from_args
+from .config import check_choices
+from .decoding import Sampling
 from .fileio import write_csv, write_jsonl
+from .overrides import apply_overrides
 from .protocol import DIRECT_PROMPT, RAG_PROMPT, chat_wrap, cut_words, extract_answer, render_docs
 from .rewards import best_em, best_f1
+from .rollout import hf_generate_turn, rollout_from_config
 
 METHODS = ("naive", "rag", "agent")
 """Evaluation methods."""
@@ -82,8 +87,6 @@ def predict(method: str, model, tokenizer, records, retriever, cfg) -> list[dict
     """Per question: prediction, gold answers, searches issued (greedy decoding)."""
     from tqdm.auto import tqdm
 
-    from .decoding import Sampling
-    from .rollout import hf_generate_turn, rollout_from_config
 
     questions = [r.question for r in records]
     if method == "agent":
@@ -134,9 +137,6 @@ def evaluate(method: str, model, tokenizer, records, retriever, cfg, out_dir: Pa
 def run_config(step_dir: Path, cfg):
     """The config a training checkpoint was trained with: every recorded setting over ``cfg``, and the warm
     start it was trained from (its recorded folder, whatever this config's seed or settings would pick)."""
-    from .config import check_choices
-    from .overrides import apply_overrides
-
     settings = json.loads((Path(step_dir) / "state.json").read_text()).get("settings") or {}
     if "model.policy" not in settings:
         raise ValueError(f"{step_dir} was saved by an older version of the workbench (no recorded settings); "
@@ -174,7 +174,6 @@ def load_model_for_eval(name_or_checkpoint: str, cfg):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .config import add_config_args, config_from_args
     from .data import load_questions
     from .retrieval import retriever_from_dirs
 

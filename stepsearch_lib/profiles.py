@@ -131,3 +131,17 @@ PROFILES: dict[str, dict[str, Any]] = {
     },
 }
 """Named profiles as flat overrides of the defaults."""
+
+
+CHOICES = {
+    "rollout.template": ("plan", "think"),
+    "rollout.turn_logic": ("released", "strict"),
+    "rollout.doc_render": ("released", "search_r1", "ours"),
+    "rollout.engine": ("kv", "reprefill", "hf"),
+    "model.compute_dtype": ("auto", "bfloat16", "float32"),
+    "reward.search_key_mode": ("released", "max"),
+    "reward.ig_fit": ("doc_and_golds", "pair"),
+    "reward.redundancy_match": ("same_rank", "any_rank"),
+    "ppo.stats_tokens": ("response", "generated"),
+}
+"""Allowed values of the string fields that select a behaviour."""

@@ -29,11 +29,11 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .decoding import STOP_STRINGS, BatchDecoder, Sampling
+from .decoding import BatchDecoder, Sampling, turn_ended
 from .models import compute_autocast, resolved_compute_dtype
 from .protocol import (
-    INVALID_ACTION_WARNING, LAST_SEARCH_WARNING, build_prompt, cut_at_stop, cut_words, information_block, key_query,
-    parse_action, split_docs,
+    INVALID_ACTION_WARNING, LAST_SEARCH_WARNING, STOP_STRINGS, build_prompt, cut_at_stop, cut_words, information_block,
+    key_query, parse_action, split_docs,
 )
 from .retrieval import Retriever
 
@@ -159,7 +159,7 @@ def hf_generate_turn(model, tokenizer, sequences: list[list[int]], spec: Samplin
             if tok in (tokenizer.eos_token_id, pad):
                 break
             ids.append(tok)
-            if any(s in tokenizer.decode(ids[-12:]) for s in STOP_STRINGS):
+            if turn_ended(tokenizer, ids):
                 break
         turns.append(ids)
     return turns

@@ -22,6 +22,7 @@ from .protocol import cut_words, information_block, split_docs
 from .query_writers import keyword_form
 from .retrieval import Retriever
 from .rewards import REWARD_CONFIGS, combine_rewards, place_rewards, score_trajectory
+from .rollout import rollout_from_config
 
 KINDS = ("gold", "paraphrase", "off_topic", "repeated", "no_search", "wrong_answer")
 """Scripted behaviours, best first."""
@@ -101,14 +102,12 @@ PRESET_COMPONENTS = ("searches", "answer_f1", "search_key", "info_gain", "redund
 
 def compare_presets(records: Sequence[dict], retriever: Retriever, configs, policy=None, tokenizer=None
                     ) -> tuple[list[dict], list[dict]]:
-    """Every reward component under each fidelity preset (`config.fidelity_configs`), side by side.
+    """Every reward component under each fidelity preset (`cli.fidelity_configs`), side by side.
 
     Per preset: the scripted behaviours rendered in that preset's style and scored under its reward fields;
     with a ``policy``, also its greedy rollouts under that preset (prompt template, turn logic, rendering,
     observation cap), kind ``base_model``. Returns (per-trajectory rows with a ``preset`` column, a table of
     the mean of every component per kind and preset with ``gap`` = second preset - first)."""
-    from .rollout import rollout_from_config
-
     rows: list[dict] = []
     for name, cfg in configs.items():
         trajs = scripted_trajectories(records, retriever, cfg.retrieval.topk, cfg.rollout.doc_words,

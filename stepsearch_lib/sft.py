@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from .cli import add_config_args, config_from_args
 from .fileio import atomic_path, write_json
 
 
@@ -174,8 +175,6 @@ def ensure_warm_start(cfg) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .config import add_config_args, config_from_args
-
     ap = argparse.ArgumentParser(description="SFT warm start: teach the policy the search protocol.",
                                  epilog="example: python -m stepsearch_lib.sft --profile cpu --seed 1 --set train.sft_lr=1e-4",
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from .models import keep_requires_grad, reference_policy
+
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)
@@ -131,8 +133,6 @@ def reference_logprobs(actor, batch, token_logprobs) -> torch.Tensor:
     """log pi_ref: the same weights with the RL adapter off (no second copy of the model): the warm-started policy."""
     if not hasattr(actor, "disable_adapter"):
         raise TypeError("the reference policy is the actor with its adapter disabled: the actor needs a LoRA adapter")
-    from .models import keep_requires_grad, reference_policy
-
     with torch.no_grad(), keep_requires_grad(actor), reference_policy(actor):
         return token_logprobs(actor, batch.input_ids, batch.attention_mask, batch.action_mask)[0]
 
@@ -200,7 +200,7 @@ def steppo_update(actor, critic, actor_opt, critic_opt, batch, ppo, seed: int = 
     logs: dict[str, list[float]] = {}
     n = len(batch)
     starts = list(range(0, n, ppo.minibatch_size))
-    for _epoch in range(ppo.ppo_epochs):
+    for epoch in range(ppo.ppo_epochs):
         order = torch.randperm(n, generator=gen).tolist()
         for k, start in enumerate(starts):
             idx = order[start:start + ppo.minibatch_size]
@@ -210,7 +210,7 @@ def steppo_update(actor, critic, actor_opt, critic_opt, batch, ppo, seed: int = 
             if update_actor:
                 logprobs, entropy = token_logprobs(actor, mb.input_ids, mb.attention_mask, m, with_entropy=True)
                 pg_loss, pg_stats = policy_loss(logprobs, old_logprobs[idx], advantages[idx], m, ppo.clip_ratio)
-                if k == 0 and _epoch == 0:  # before any step: the scored policy should be the sampler
+                if k == 0 and epoch == 0:  # before any step: the scored policy should be the sampler
                     dev = ((logprobs.detach() - old_logprobs[idx]).exp() - 1).abs() * m
                     logs["losses/ratio_dev_first"] = [dev.max().item()]
                 ent = masked_mean(entropy, m)

@@ -26,6 +26,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,10 @@ from tqdm.auto import tqdm
 
 from .batching import build_batch, token_logprobs
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .models import compute_autocast, policy_from_config, resolved_compute_dtype
+from .cli import add_config_args, config_from_args
+from .critic import ValueModel, add_critic_adapter
+from .models import LoraSpec, compute_autocast, policy_from_config, resolved_compute_dtype
+from .overrides import apply_overrides
 from .retrieval import peak_rss_mb
 from .rewards import score_trajectory
 from .rollout import rollout_from_config
@@ -99,11 +103,6 @@ def build_models(cfg):
     ``"separate"``: a second copy of the policy architecture (same base weights) with its own
     fresh LoRA; any other value is a model name for a separate critic backbone.
     """
-    from dataclasses import replace
-
-    from .critic import ValueModel, add_critic_adapter
-    from .models import LoraSpec
-
     actor, tok = policy_from_config(cfg, adapter=init_adapter_path(cfg))
     if cfg.model.critic == "shared":
         add_critic_adapter(actor, LoraSpec.from_config(cfg.model), seed=cfg.seed + 1)
@@ -174,7 +173,6 @@ def train(cfg, algo: str | None = None, reward_name: str | None = None, steps: i
     each optimizer step; metrics are averaged over processes; process 0 writes metrics and checkpoints.
     """
     from .index import profile_retriever
-    from .overrides import apply_overrides
     from .stepsearch_format import read_stepsearch
 
     world = world or World()
@@ -223,7 +221,7 @@ def train(cfg, algo: str | None = None, reward_name: str | None = None, steps: i
         lr_c = cfg.ppo.critic_lr * warmup_factor(step, steps, cfg.ppo.critic_warmup_frac)
         set_lr(opt_a, lr_a)
         set_lr(opt_c, lr_c)
-        _set_checkpointing([actor, critic.backbone], cfg.train.gradient_checkpointing and (
+        set_activation_checkpointing([actor, critic.backbone], cfg.train.gradient_checkpointing and (
             _minibatch_tokens(batch, cfg.ppo.minibatch_size) > cfg.train.checkpoint_above_tokens))
         with torch.random.fork_rng(devices=[]), compute_autocast(compute_dtype, actor.device):
             torch.manual_seed(step_seed)
@@ -259,7 +257,8 @@ def _minibatch_tokens(batch, minibatch_size: int) -> int:
     return int(batch.input_ids.shape[1]) * min(minibatch_size, len(batch))
 
 
-def _set_checkpointing(lms, on: bool) -> None:
+def set_activation_checkpointing(lms, on: bool) -> None:
+    """Turn activation checkpointing on or off for each distinct model in ``lms``."""
     for lm in {id(m): m for m in lms}.values():
         if on and not lm.is_activation_checkpointing:
             lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -294,8 +293,6 @@ def _rollout_metrics(trajs, scored) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .config import add_config_args, config_from_args
-
     ap = argparse.ArgumentParser(
         description="Train a search agent with StePPO, PPO or GRPO (data parallel under `accelerate launch`).",
         epilog="example: python -m stepsearch_lib.train --profile cpu --algo ppo --seed 1 --stop-after 20 "

@@ -1,5 +1,6 @@
 """Shared fixtures: the model cache, the real SmolLM2 tokenizer, the shared data root."""
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -114,8 +115,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(index_dir, *extra: str):
-    """`python -m stepsearch_lib.server` in a subprocess on a free loopback port; returns (process, base URL)."""
+@contextlib.contextmanager
+def running_server(index_dir, *extra: str):
+    """`python -m stepsearch_lib.server` in a subprocess on a free loopback port: yields its base URL, stops it after."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "stepsearch_lib.server", "--index", str(index_dir),
                              "--port", str(port), *extra],
@@ -127,19 +129,23 @@ def start_server(index_dir, *extra: str):
             pytest.fail(f"server exited: {proc.stdout.read()}")
         try:
             if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                return proc, base
+                break
         except httpx.TransportError:
             time.sleep(0.3)
-    proc.kill()
-    pytest.fail("server did not come up in 120 s")
+    else:
+        proc.kill()
+        pytest.fail("server did not come up in 120 s")
+    try:
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")
 def server(index_dirs):
-    proc, base = start_server(index_dirs / "bm25", "--max-queries", "64")
-    yield base
-    proc.terminate()
-    proc.wait(timeout=30)
+    with running_server(index_dirs / "bm25", "--max-queries", "64") as base:
+        yield base
 
 
 # ----------------------------------------------------------------------------- reliability figures

@@ -3,7 +3,7 @@
 import httpx
 import pytest
 
-from conftest import free_port
+from conftest import free_port, running_server
 from stepsearch_lib.retrieval import RemoteRetrievalError, RemoteRetriever, load_retriever
 
 
@@ -92,12 +92,8 @@ class SearchR1StyleClient:
 @pytest.fixture(scope="module")
 def search_r1_server(index_dirs):
     """A server with the default limits (what a Search-R1 run meets) and a short body timeout."""
-    from conftest import start_server
-
-    proc, base = start_server(index_dirs / "bm25", "--body-timeout", "2")
-    yield base
-    proc.terminate()
-    proc.wait(timeout=30)
+    with running_server(index_dirs / "bm25", "--body-timeout", "2") as base:
+        yield base
 
 
 CLIENT_CASES = [
