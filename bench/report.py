@@ -106,6 +106,29 @@ def _fast_rl() -> str:
     return "\n".join(out)
 
 
+def _update_profile() -> str:
+    """Where one update's time goes (`bench/update_profile.py`, committed under bench/results/)."""
+    import json
+
+    from bench.update_profile import RESULTS
+
+    path = RESULTS / "update_profile.json"
+    if not path.is_file():
+        return "\n## Update profile\n\nNot measured yet (`make bench BENCH=update`).\n"
+    u = json.loads(path.read_text())
+    ph = u["phases"]
+    return "\n".join([
+        "\n## Update profile (`bench/update_profile.py`)\n",
+        f"One cpu StePPO update of 8 rows ({u['real_tokens']:,} real tokens, {u['padded_tokens']:,} padded), "
+        f"minibatch 2, bf16 autocast, {u['torch_threads']} threads. Untrimmed (before) "
+        f"{min(u['update_seconds']['untrimmed']):.1f} s, trimmed {min(u['update_seconds']['trimmed']):.1f} s "
+        f"({u['trim_speedup']:.2f}x, the same losses). Matmul floor at the measured {u['gemm_bf16_gflops']:.0f} "
+        f"GFLOP/s bf16 GEMM: {u['matmul_tflop']:.1f} TFLOP -> {u['matmul_floor_s']:.1f} s; the trimmed update "
+        f"runs at {u['fraction_of_floor']:.2f} of it.\n",
+        "| phase | s |", "|---|---|",
+        *(f"| {k.removesuffix('_s').replace('_', ' ')} | {v:.2f} |" for k, v in ph.items()), ""])
+
+
 def render() -> str:
     rew, retr, roll, train, ann = (_load(n) for n in ("rewards", "retrieval", "rollout", "training", "ann"))
     figs = _figures(retr, roll)
@@ -113,6 +136,7 @@ def render() -> str:
              "do not edit by hand. Ratios are measured side by side in one process; absolute numbers hold "
              "only for the machine listed.\n"]
     parts.append(_fast_rl())
+    parts.append(_update_profile())
     any_ = next((x for x in (rew, retr, roll, train) if x), None)
     if any_:
         m = any_["machine"]

@@ -137,6 +137,21 @@ def reference_logprobs(actor, batch, token_logprobs) -> torch.Tensor:
         return token_logprobs(actor, batch.input_ids, batch.attention_mask, batch.action_mask)[0]
 
 
+NO_GRAD_CHUNK = 4
+"""Rows per no-grad pass (old values, reference log-probs): length-sorted chunks waste little on padding."""
+
+
+def no_grad_pass(fn, batch, size: int) -> torch.Tensor:
+    """``fn(sub_batch) -> (rows, width)`` over length-sorted chunks of ``size`` rows, each trimmed to its
+    longest row, placed back at the batch's full width (0 beyond a chunk's width)."""
+    out = torch.zeros(batch.input_ids.shape, dtype=torch.float32, device=batch.input_ids.device)
+    with torch.no_grad():
+        for idx in batch.length_sorted_chunks(size):
+            sub = batch.select(idx, trim=True)
+            out[idx, : sub.input_ids.shape[1]] = fn(sub).float()
+    return out
+
+
 def warmup_factor(update: int, total_updates: int, warmup_frac: float) -> float:
     """Learning-rate multiplier of update ``update`` (0-based) under the released linear warm-up:
     min(1, update / max(1, W)) with W = int(warmup_frac * total_updates) warm-up updates (verl's
@@ -185,11 +200,11 @@ def steppo_update(actor, critic, actor_opt, critic_opt, batch, ppo, seed: int = 
     stats = batch.stats_mask(ppo.stats_tokens)  # released: every response token; paper: generated ones
     actor.eval()
     critic.eval()
-    with torch.no_grad():  # the behaviour policy's log-probs: as the rollout sampled them, else recomputed
-        old_logprobs = (batch.old_logprobs if batch.old_logprobs is not None
-                        else token_logprobs(actor, batch.input_ids, batch.attention_mask, mask)[0])
-        old_values = critic(batch.input_ids, batch.attention_mask)
-    ref_logprobs = reference_logprobs(actor, batch, token_logprobs)
+    # the behaviour policy's log-probs: as the rollout sampled them, else recomputed
+    old_logprobs = batch.old_logprobs if batch.old_logprobs is not None else no_grad_pass(
+        lambda b: token_logprobs(actor, b.input_ids, b.attention_mask, b.action_mask)[0], batch, NO_GRAD_CHUNK)
+    old_values = no_grad_pass(lambda b: critic(b.input_ids, b.attention_mask), batch, NO_GRAD_CHUNK)
+    ref_logprobs = no_grad_pass(lambda b: reference_logprobs(actor, b, token_logprobs), batch, NO_GRAD_CHUNK)
     advantages, returns, kl = advantages_and_returns(batch.token_rewards, old_logprobs, ref_logprobs, old_values, mask,
                                                      stats, ppo)
     ev = explained_variance(old_values, returns, stats)  # of the critic that produced these values
@@ -204,14 +219,15 @@ def steppo_update(actor, critic, actor_opt, critic_opt, batch, ppo, seed: int = 
         order = torch.randperm(n, generator=gen).tolist()
         for k, start in enumerate(starts):
             idx = order[start:start + ppo.minibatch_size]
-            mb = batch.select(idx)
-            m = mask[idx]
+            mb = batch.select(idx, trim=True)  # without the columns that are padding in both rows
+            w = mb.input_ids.shape[1]
+            m = mb.action_mask
             step_now = (k + 1) % ppo.grad_accum == 0 or k + 1 == len(starts)
             if update_actor:
                 logprobs, entropy = token_logprobs(actor, mb.input_ids, mb.attention_mask, m, with_entropy=True)
-                pg_loss, pg_stats = policy_loss(logprobs, old_logprobs[idx], advantages[idx], m, ppo.clip_ratio)
+                pg_loss, pg_stats = policy_loss(logprobs, old_logprobs[idx, :w], advantages[idx, :w], m, ppo.clip_ratio)
                 if k == 0 and epoch == 0:  # before any step: the scored policy should be the sampler
-                    dev = ((logprobs.detach() - old_logprobs[idx]).exp() - 1).abs() * m
+                    dev = ((logprobs.detach() - old_logprobs[idx, :w]).exp() - 1).abs() * m
                     logs["losses/ratio_dev_first"] = [dev.max().item()]
                 ent = masked_mean(entropy, m)
                 # actor loss = L^CLIP - c_ent * H
@@ -222,7 +238,7 @@ def steppo_update(actor, critic, actor_opt, critic_opt, batch, ppo, seed: int = 
                 pg_loss, ent, pg_stats = torch.zeros(()), torch.zeros(()), {}
             with critic.active():  # a shared-backbone critic recomputes under its own adapter in backward
                 values = critic(mb.input_ids, mb.attention_mask)
-                vf_loss = value_loss(values, old_values[idx], returns[idx], stats[idx], ppo.value_clip)
+                vf_loss = value_loss(values, old_values[idx, :w], returns[idx, :w], stats[idx, :w], ppo.value_clip)
                 (vf_loss / ppo.grad_accum).backward()
             if step_now:
                 optimizer_step(critic_opt, ppo.max_grad_norm, world)

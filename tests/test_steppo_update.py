@@ -166,3 +166,35 @@ def test_a_critic_warmup_update_leaves_the_actor_alone(setup, tokenizer):
     assert all(torch.equal(p, before[n]) for n, p in actor.named_parameters() if p.requires_grad)
     assert not torch.equal(critic.value_head.weight, head)  # the critic learned
     assert metrics["losses/actor_updated"] == 0.0 and "critic/explained_variance" in metrics
+
+
+def test_trimming_padding_leaves_the_update_unchanged(setup, tokenizer, monkeypatch):
+    """Minibatches and no-grad chunks cut to their longest row give the same losses and weights as full width."""
+    from stepsearch_lib import steppo
+    from stepsearch_lib.batching import PPOBatch
+
+    actor, trajs, scored = setup
+    batch = build_batch(trajs, scored, tokenizer.pad_token_id)
+    lengths = batch.attention_mask.sum(1)
+    assert lengths.min() < batch.input_ids.shape[1]  # the rollout left some padding to trim
+    short = int(lengths.argmin())
+    assert batch.select([short], trim=True).input_ids.shape == (1, int(lengths[short]))
+    assert [len(c) for c in batch.length_sorted_chunks(3)] == [3, 1]
+    assert lengths[batch.length_sorted_chunks(3)[0]].max() <= lengths[batch.length_sorted_chunks(3)[1]].min()
+    results = []
+    for trimmed in (True, False):
+        a = copy.deepcopy(actor)
+        critic = _shared_critic(a)
+        if not trimmed:
+            select = PPOBatch.select
+            monkeypatch.setattr(PPOBatch, "select", lambda self, idx, trim=False: select(self, idx, False))
+            monkeypatch.setattr(steppo, "NO_GRAD_CHUNK", len(batch))
+        params = [p for n, p in a.named_parameters() if p.requires_grad and ".critic." not in n]
+        out = steppo_update(a, critic, torch.optim.AdamW(params, lr=1e-3),
+                            torch.optim.AdamW(critic.trainable_parameters(), lr=1e-3), batch,
+                            PPOConfig(minibatch_size=2))
+        results.append((out, [p.detach().clone() for p in params]))
+    (out_t, w_t), (out_f, w_f) = results
+    for key in ("losses/policy", "losses/value", "losses/entropy", "losses/kl_ref"):
+        assert out_t[key] == pytest.approx(out_f[key], abs=1e-5), key
+    assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(w_t, w_f))
