@@ -9,7 +9,12 @@ STAMP := $(VENV)/.installed-stamp
 PROFILE ?= cpu
 PYTEST_ARGS ?=
 
-.PHONY: install test test-nbval test-all bench reliability reproduce notebooks data data-check clean-runs
+ARMS ?= steppo ppo
+SEEDS ?= 0 1 2
+PHASE ?= train
+STUDY_ARGS ?=
+
+.PHONY: study install test test-nbval test-all bench reliability reproduce notebooks data data-check clean-runs
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,6 +65,10 @@ reliability: $(STAMP)
 		"tests/test_train.py::test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint" \
 		"tests/test_notebooks.py::test_running_the_notebooks_twice_gives_the_same_results"
 	$(BIN)/python -m bench.reliability
+
+# the cpu study (resumable; any subset): make study PHASE=warm | PHASE=pilot | ARMS=steppo SEEDS=0 STUDY_ARGS="--stop-after 20"
+study: $(STAMP)
+	$(BIN)/stepsearch study --profile cpu --phase $(PHASE) --arms $(ARMS) --seeds $(SEEDS) $(STUDY_ARGS)
 
 reproduce: $(STAMP)
 	$(BIN)/python -m stepsearch_lib.reproduce --profile $(PROFILE)

@@ -8,8 +8,7 @@ import time
 from pathlib import Path
 
 from stepsearch_lib.config import PROJECT_ROOT
-from stepsearch_lib.fileio import write_json
-from stepsearch_lib.retrieval import peak_rss_mb
+from stepsearch_lib.fileio import peak_rss_mb, write_json
 
 OUT_DIR = Path(os.environ.get("STEPSEARCH_BENCH_DIR", PROJECT_ROOT / "runs" / "bench"))
 """Where benchmark JSON goes (`$STEPSEARCH_BENCH_DIR` overrides)."""

@@ -32,14 +32,13 @@ from stepsearch_lib.batching import build_batch
 from stepsearch_lib.config import PROJECT_ROOT, get_config
 from stepsearch_lib.data import load_corpus, load_questions
 from stepsearch_lib.decompose import resolved_sub_questions
-from stepsearch_lib.fileio import write_json
+from stepsearch_lib.fileio import peak_rss_mb, write_json
 from stepsearch_lib.index import build_index
 from stepsearch_lib.models import compute_autocast
 from stepsearch_lib.overrides import apply_overrides
-from stepsearch_lib.retrieval import load_retriever, peak_rss_mb
-from stepsearch_lib.rewards import score_trajectory
+from stepsearch_lib.retrieval import load_retriever
+from stepsearch_lib.rewards import gold_of, score_trajectory
 from stepsearch_lib.rollout import rollout_from_config
-from stepsearch_lib.scripted import gold_of
 from stepsearch_lib.sft import warm_start_dir
 from stepsearch_lib.steppo import steppo_update
 from stepsearch_lib.train import build_models, set_activation_checkpointing, train
@@ -134,11 +133,13 @@ def run(profile: str = "cpu", n_questions: int = 16, baseline_questions: int = 4
     threshold = cfg.train.checkpoint_above_tokens
     mb_tokens = batches["steppo"].input_ids.shape[1] * min(cfg.ppo.minibatch_size, 8)
 
+    critic, opt_a, opt_c = models[1], models[3], models[4]
+
     def restore():
-        for m, state in zip((actor, models[1]), snapshot):
+        for m, state in zip((actor, critic), snapshot):
             m.load_state_dict(state)
-        models[3].state.clear()
-        models[4].state.clear()
+        opt_a.state.clear()
+        opt_c.state.clear()
 
     times: dict[str, list[float]] = {"fp32": [], "new": [], "new_ppo": []}
     losses = {}
@@ -153,7 +154,7 @@ def run(profile: str = "cpu", n_questions: int = 16, baseline_questions: int = 4
         s, _ = timed_update(models, batches["ppo"], cfg.ppo, "bfloat16", mb_tokens > threshold)
         times["new_ppo"].append(s)
     restore()
-    del models
+    models = critic = opt_a = opt_c = None  # free the update's models before the full RL steps
 
     # ---- full RL steps of 8 questions (rollout + rewards + update), the cpu profile as configured
     with tempfile.TemporaryDirectory() as tmp:

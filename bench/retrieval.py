@@ -20,7 +20,7 @@ import numpy as np
 from bench.common import save, timed
 from stepsearch_lib.config import get_config
 from stepsearch_lib.data import passage_key
-from stepsearch_lib.models import load_encoder
+from stepsearch_lib.encoder import load_encoder
 from stepsearch_lib.profile_data import load_eval_sets, load_profile_corpus
 from stepsearch_lib.retrieval import RemoteRetriever, build_faiss, embed_passages, retriever_from_dirs
 

@@ -7,9 +7,9 @@ import argparse
 
 from bench.common import save, timed
 from stepsearch_lib.config import get_config
-from stepsearch_lib.index import profile_retriever
-from stepsearch_lib.rewards import information_gain
-from stepsearch_lib.scripted import gold_of, scripted_trajectories
+from stepsearch_lib.retrieval import profile_retriever
+from stepsearch_lib.rewards import gold_of, information_gain
+from stepsearch_lib.scripted import scripted_trajectories
 from stepsearch_lib.stepsearch_format import read_stepsearch
 
 

@@ -12,8 +12,8 @@ import torch
 
 from bench.common import memory_bandwidth_gbs, save
 from stepsearch_lib.config import get_config
-from stepsearch_lib.index import profile_retriever
 from stepsearch_lib.models import policy_from_config
+from stepsearch_lib.retrieval import profile_retriever
 from stepsearch_lib.rollout import rollout_from_config
 from stepsearch_lib.sft import warm_start_dir
 from stepsearch_lib.stepsearch_format import read_stepsearch

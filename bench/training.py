@@ -18,14 +18,13 @@ from safetensors.torch import load_file, save_file
 from bench.common import OUT_DIR, save
 from stepsearch_lib.batching import PPOBatch, build_batch
 from stepsearch_lib.config import get_config
-from stepsearch_lib.index import profile_retriever
-from stepsearch_lib.retrieval import peak_rss_mb
-from stepsearch_lib.rewards import score_trajectory
+from stepsearch_lib.fileio import peak_rss_mb
+from stepsearch_lib.retrieval import profile_retriever
+from stepsearch_lib.rewards import gold_of, score_trajectory
 from stepsearch_lib.rollout import rollout_from_config
-from stepsearch_lib.scripted import gold_of
 from stepsearch_lib.sft import warm_start_dir
-from stepsearch_lib.stepsearch_format import read_stepsearch
 from stepsearch_lib.steppo import steppo_update
+from stepsearch_lib.stepsearch_format import read_stepsearch
 from stepsearch_lib.train import build_models
 
 BATCH_FILE = OUT_DIR / "training_batches.safetensors"

@@ -23,10 +23,10 @@ import torch
 
 from bench.common import timed
 from stepsearch_lib import steppo
-from stepsearch_lib.batching import PPOBatch, token_logprobs
+from stepsearch_lib.batching import PPOBatch
 from stepsearch_lib.config import PROJECT_ROOT, get_config
 from stepsearch_lib.fileio import write_json
-from stepsearch_lib.models import compute_autocast
+from stepsearch_lib.models import compute_autocast, token_logprobs
 from stepsearch_lib.overrides import apply_overrides
 from stepsearch_lib.train import build_models, set_activation_checkpointing
 

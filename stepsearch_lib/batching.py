@@ -88,31 +88,3 @@ def build_batch(trajectories, scored, pad_id: int, use_step_rewards: bool = True
         rew[b, p : p + r] = torch.from_numpy(place_rewards(r, t.search_end_idx, steps, s.final_reward)).float()
         starts.append(p)
     return PPOBatch(ids, attn, act, rew, starts, resp, old)
-
-
-def lm_head_float32(model, hidden: torch.Tensor) -> torch.Tensor:
-    """The LM head's logits computed in float32 (a bfloat16 head rounds logits to ~3 significant digits
-    before any later ``.float()``; log-probabilities and ratios need the full precision)."""
-    head = model.get_output_embeddings()
-    with torch.autocast(hidden.device.type, enabled=False):
-        return torch.nn.functional.linear(hidden.float(), head.weight.float(),
-                                          None if head.bias is None else head.bias.float())
-
-
-def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask: torch.Tensor | None = None,
-                   with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log pi(x_p | x_<p) at positions p >= 1 (position 0 gets 0); optionally the entropy there.
-
-    With ``mask`` (B, L), the LM head runs only where mask is 1 (other entries are 0): the
-    (batch x length x vocab) logits tensor is never built, which is most of the cost on CPU.
-    """
-    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1]
-    where = torch.ones_like(input_ids[:, 1:], dtype=torch.bool) if mask is None else mask[:, 1:].bool()
-    logp = torch.log_softmax(lm_head_float32(model, hidden[where]), dim=-1)
-    out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
-    out[:, 1:][where] = logp.gather(-1, input_ids[:, 1:][where].unsqueeze(-1)).squeeze(-1)
-    if not with_entropy:
-        return out, None
-    entropy = torch.zeros_like(out)
-    entropy[:, 1:][where] = -(logp.exp() * logp).sum(-1)
-    return out, entropy

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .fileio import atomic_path
+from .fileio import MissingInputError, atomic_path
 
 
 def _trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -56,8 +56,26 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
         return None
     path = Path(ckpt_dir) / pointer.read_text().strip()
     if not (path / "state.json").is_file():
-        raise FileNotFoundError(f"{pointer} names {path.name}, which is not a complete checkpoint")
+        raise MissingInputError(f"{pointer} names {path.name}, which is not a complete checkpoint")
     return path
+
+
+def load_policy_weights(path: Path, actor, skip: str = ".critic.") -> dict:
+    """Restore only the policy from a training checkpoint (for evaluation: no critic, no optimizers).
+
+    Loads every tensor of ``actor_adapter.safetensors`` except a shared critic's adapter (names containing
+    ``skip``); each trainable parameter of ``actor`` must be among them. Returns the checkpoint's state."""
+    path = Path(path)
+    file = path / "actor_adapter.safetensors"
+    tensors = {n: t for n, t in load_file(str(file)).items() if skip not in n}
+    params = {n: p for n, p in actor.named_parameters() if p.requires_grad and skip not in n}
+    if set(tensors) != set(params):
+        raise KeyError(f"{file}: policy parameters differ from the model's "
+                       f"(missing {sorted(set(params) - set(tensors))[:3]}, unexpected {sorted(set(tensors) - set(params))[:3]})")
+    with torch.no_grad():
+        for name, value in tensors.items():
+            params[name].copy_(value)
+    return json.loads((path / "state.json").read_text())
 
 
 def load_checkpoint(path: Path, actor, critic, actor_opt, critic_opt) -> dict:

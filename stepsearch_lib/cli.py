@@ -7,11 +7,42 @@ them into a `Config`.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import functools
+import sys
+from typing import Any, Callable, Mapping
 
 from .config import Config, get_config
+from .fileio import DataFormatError, MissingInputError
 from .overrides import parse_cli_overrides
 from .profiles import FIDELITY_PRESETS
+
+
+class UsageError(ValueError):
+    """A user mistake a command reports in one line (settings that do not match a run, a bad flag value)."""
+
+
+USER_ERRORS = (MissingInputError, DataFormatError, UsageError)
+"""What a door reports as one line on stderr (exit 2) instead of a traceback."""
+
+
+def door(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+    """Wrap a stage's ``main(argv) -> int``: a user mistake ends in ``error: <what to do>`` and exit status 2."""
+
+    @functools.wraps(main)
+    def run(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except USER_ERRORS as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def stage_command(stage: str, cfg) -> str:
+    """The command line that runs ``stage`` for this config's profile and seed (for messages naming a producer)."""
+    seed = f" --seed {cfg.seed}" if cfg.seed else ""
+    return f"stepsearch {stage} --profile {cfg.profile}{seed}"
 
 
 def add_config_args(ap) -> None:

@@ -23,41 +23,19 @@ created by the code that writes into them.
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from .overrides import apply_overrides
+from .paths import (  # noqa: F401 (re-exported)
+    DATA_ROOT_ENV,
+    PROJECT_ROOT,
+    RUN_LAYOUT,
+    default_cache_dir,
+    default_data_root,
+)
 from .profiles import CHOICES, FIDELITY_PRESETS, PROFILES
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-"""The repository root (the folder that holds ``stepsearch_lib/``)."""
-
-DATA_ROOT_ENV = "STEPSEARCH_DATA_ROOT"
-"""Environment variable that, when set, names the data root (beats the default search)."""
-
-
-def default_data_root() -> Path:
-    """The data root used when ``DataConfig.data_root`` is empty.
-
-    Order: ``$STEPSEARCH_DATA_ROOT``; the offline mirror ``../shared/data`` beside the
-    project when it exists; else the project's own ``data/`` folder (where ``make data``
-    puts the full official files).
-    """
-    env = os.environ.get(DATA_ROOT_ENV)
-    if env:
-        return Path(env).expanduser().resolve()
-    shared = PROJECT_ROOT.parent / "shared" / "data"
-    if shared.is_dir():
-        return shared
-    return PROJECT_ROOT / "data"
-
-
-def default_cache_dir() -> Path:
-    """Converted models and embeddings: ``$STEPSEARCH_CACHE`` or ``~/.cache/stepsearch``."""
-    env = os.environ.get("STEPSEARCH_CACHE")
-    return Path(env).expanduser().resolve() if env else Path.home() / ".cache" / "stepsearch"
 
 
 @dataclass(frozen=True)
@@ -286,6 +264,10 @@ class TrainConfig:
     """Warm-start batch size (demonstrations per optimizer step)."""
     sft_eval_questions: int = 30
     """Held-out dev questions rolled out greedily before and after the warm start (format and search rates)."""
+    sft_queries: str = "gold"
+    """What the warm start's demonstrations search with: `gold` = a surviving gold sub-question query per hop
+    (query quality near its ceiling before RL); `question` = the question itself, then its keywords (the protocol
+    without good queries: room for the search-key and information-gain rewards to teach)."""
     init_adapter: str = ""
     """LoRA adapter RL starts from: empty = a fresh adapter; `sft` = this profile's warm start
     (`checkpoints/sft-s<seed>-<digest>`, keyed by its settings, made by `python -m stepsearch_lib.sft`); or a
@@ -371,22 +353,6 @@ class Config:
         """A data file: absolute paths pass through, relative ones are taken from the data root."""
         p = Path(relative).expanduser()
         return p if p.is_absolute() else self.data_root / p
-
-
-RUN_LAYOUT = {
-    "data": "data",
-    "index": "index",
-    "checkpoints": "checkpoints",
-    "metrics": "metrics",
-    "eval": "eval",
-    "rewards": "rewards",
-    "notebooks": "notebooks",
-    "figures": "figures",
-}
-"""Sub-folders of `runs/<profile>/` (see DESIGN.md)."""
-
-
-
 
 
 def get_config(profile: str = "cpu", overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> Config:

@@ -17,16 +17,24 @@ Output records carry the released StepSearch fields (`to_stepsearch`).
 
 from __future__ import annotations
 
+import argparse
 import random
 import re
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
+from .cli import add_config_args, config_from_args, door
 from .data import Paragraph, Passage, QuestionRecord, passage_key
 from .decompose import resolved_sub_questions
-from .query_writers import QueryWriter, keyword_form
-from .retrieval import Retriever
+from .fileio import write_json, write_jsonl
+from .index import build_profile_indexes
+from .models import load_policy
+from .profile_data import load_construct_questions, load_profile_corpus
+from .query_writers import LocalChatWriter, OpenAIWriter, QueryWriter, RuleWriter, keyword_form
+from .retrieval import Retriever, load_retriever
+from .stepsearch_format import write_stepsearch
 
 
 @dataclass(frozen=True)
@@ -82,9 +90,12 @@ class ConstructionResult:
 def construct(records: Sequence[QuestionRecord], writers: Sequence[QueryWriter], retrievers: Mapping[str, Retriever],
               corpus: Sequence[Passage], topk: int = 5, min_retrievers: int = 1,
               max_queries_per_hop: int = 8) -> ConstructionResult:
-    """Run the pipeline. ``counts`` keys: questions_in, questions_decomposed, hops,
+    r"""Run the pipeline. ``counts`` keys: questions_in, questions_decomposed, hops,
     queries_written/<writer>, queries_kept/<writer>, query_hits/<retriever>, hops_kept, questions_kept,
-    and dropped/<reason> for every question that leaves."""
+    and dropped/<reason> for every question that leaves.
+
+    $\mathrm{keep}(s, j) = [\sum_{R} \mathbb 1\{d_j^* \in \mathrm{top}_k^R(s)\} \ge N]$
+    """
     if not 1 <= min_retrievers <= len(retrievers):
         raise ValueError(f"min_retrievers must be in 1..{len(retrievers)}, got {min_retrievers}")
     ids = {passage_key(p.title, p.text): p.id for p in corpus}
@@ -175,15 +186,11 @@ def split_records(records: Sequence[dict], dev_fraction: float, seed: int) -> tu
 def make_writers(cfg, names: Sequence[str] | None = None) -> list[QueryWriter]:
     """Query writers by name: ``rules``, ``local_llm`` (the profile's policy model, no adapter),
     ``openai`` (OPENAI_BASE_URL / OPENAI_MODEL / OPENAI_API_KEY)."""
-    from .query_writers import LocalChatWriter, OpenAIWriter, RuleWriter
-
     writers: list[QueryWriter] = []
     for name in names if names is not None else cfg.data.construct_writers:
         if name == "rules":
             writers.append(RuleWriter())
         elif name == "local_llm":
-            from .models import load_policy
-
             model, tok = load_policy(cfg.model.policy, dtype=cfg.model.dtype, cache_dir=cfg.cache_dir,
                                      tiny_hidden_size=cfg.model.tiny_hidden_size, tiny_layers=cfg.model.tiny_layers,
                                      seed=cfg.seed)
@@ -200,9 +207,6 @@ def run_construction(cfg, records: Sequence[QuestionRecord], writers: Sequence[Q
                      retrievers: Mapping[str, Retriever], corpus: Sequence[Passage]) -> tuple[ConstructionResult, dict]:
     """`construct`, then write ``runs/<p>/data/``: stepsearch_{train,dev}.jsonl + HF datasets,
     construction_queries.jsonl (every query with its hits) and construction_counts.json."""
-    from .fileio import write_json, write_jsonl
-    from .stepsearch_format import write_stepsearch
-
     result = construct(records, writers, retrievers, corpus, cfg.data.construct_topk, cfg.data.construct_min_retrievers)
     for w in writers:
         for key, value in w.stats.items():
@@ -216,3 +220,28 @@ def run_construction(cfg, records: Sequence[QuestionRecord], writers: Sequence[Q
         "counts": write_json(out / "construction_counts.json", dict(sorted(result.counts.items()))),
     }
     return result, paths
+
+
+@door
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description="Construct the StepSearch training data: decompose, write queries, keep those retrieval confirms.",
+        epilog="example: stepsearch construct --profile smoke   (writes runs/smoke/data/stepsearch_{train,dev}.jsonl)",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(ap)
+    cfg = config_from_args(ap.parse_args(argv))
+    records = load_construct_questions(cfg)
+    corpus = load_profile_corpus(cfg)
+    if not all((cfg.path("index", k) / "meta.json").is_file() for k in ("dense", "bm25")):
+        print(f"[construct] building the {cfg.profile} profile's indexes first (stepsearch index)", file=sys.stderr)
+    build_profile_indexes(cfg, corpus)  # reused when already built from this corpus
+    retrievers = {k: load_retriever(cfg.path("index", k)) for k in ("dense", "bm25")}
+    result, paths = run_construction(cfg, records, make_writers(cfg), retrievers, corpus)
+    print(f"kept {result.counts['questions_kept']} of {result.counts['questions_in']} questions")
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .fileio import DataFormatError, atomic_path, field as get, iter_json_records, where
+from .fileio import DataFormatError, atomic_path, iter_json_records, where
+from .fileio import field as get
 
 FORMATS = ("musique", "hotpotqa", "2wiki", "flashrag")
 """Question-file formats the loaders read."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .batching import lm_head_float32
+from .models import lm_head_float32
 from .protocol import STOP_STRINGS
 
 _TOP_P_CANDIDATES = 256

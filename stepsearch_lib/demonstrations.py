@@ -13,6 +13,7 @@ import random
 from typing import Sequence
 
 from .protocol import build_prompt, cut_words, information_block
+from .query_writers import keyword_form
 from .retrieval import Retriever
 
 
@@ -45,27 +46,42 @@ def tokenize_pieces(prompt: str, pieces: Sequence[tuple[str, bool]], tokenizer) 
     return ids, mask, ends
 
 
+def question_queries(question: str, hops: int) -> list[str]:
+    """The `question` warm start's queries: the question itself, then its keywords, alternating, one per hop.
+
+    >>> question_queries("Who is the mother of the director of Up?", 3)
+    ['Who is the mother of the director of Up?', 'mother director Up', 'Who is the mother of the director of Up?']
+    """
+    forms = [question.strip(), keyword_form(question)]
+    return [forms[j % 2] for j in range(hops)]
+
+
 def build_demonstrations(records: Sequence[dict], retriever: Retriever, tokenizer, n: int, topk: int = 3,
-                         doc_words: int = 0, template: str = "plan", seed: int = 0, doc_render: str = "released"
-                         ) -> list[dict]:
+                         doc_words: int = 0, template: str = "plan", seed: int = 0, doc_render: str = "released",
+                         queries: str = "gold") -> list[dict]:
     """``n`` demonstration rows (records cycled; a different surviving query each pass).
+
+    ``queries="gold"``: each hop searches with one of its surviving gold queries; ``"question"``: with the
+    question and its keywords (`question_queries`), the same number of searches, no gold query.
 
     Each row: ``input_ids``, ``completion_mask``, ``search_end_idx`` (absolute token positions),
     ``id``. Retrieval is batched over all hops of all rows.
     """
     if not records:
         raise ValueError("no StepSearch records to build demonstrations from")
+    if queries not in ("gold", "question"):
+        raise ValueError(f"train.sft_queries must be 'gold' or 'question', got {queries!r}")
     rng = random.Random(seed)
     chosen = [records[i % len(records)] for i in range(n)]
     choices = [[rng.randrange(len(q)) for q in rec["sub_searchs"]] for rec in chosen]
-    flat = [rec["sub_searchs"][j][c[j] % len(rec["sub_searchs"][j])]
-            for rec, c in zip(chosen, choices) for j in range(len(rec["sub_searchs"]))]
+    per_row = [[q[c[j] % len(q)] for j, q in enumerate(rec["sub_searchs"])] if queries == "gold"
+               else question_queries(rec["question"], len(rec["sub_searchs"])) for rec, c in zip(chosen, choices)]
+    flat = [q for row in per_row for q in row]
     results = iter(retriever.batch_search(flat, topk) if flat else [])
     rows = []
-    for rec, c in zip(chosen, choices):
-        queries = [q[c[j] % len(q)] for j, q in enumerate(rec["sub_searchs"])]
-        hits = [[(h.passage.title, cut_words(h.passage.text, doc_words)) for h in next(results)] for _ in queries]
-        pieces = episode_pieces(queries, hits, rec["final_answer"], template, doc_render)
+    for rec, row_queries in zip(chosen, per_row):
+        hits = [[(h.passage.title, cut_words(h.passage.text, doc_words)) for h in next(results)] for _ in row_queries]
+        pieces = episode_pieces(row_queries, hits, rec["final_answer"], template, doc_render)
         ids, mask, ends = tokenize_pieces(build_prompt(rec["question"], template, tokenizer), pieces, tokenizer)
         if tokenizer.eos_token_id is not None:
             ids, mask = ids + [tokenizer.eos_token_id], mask + [1]
@@ -86,8 +102,11 @@ def pad_rows(rows: Sequence[dict], pad_id: int):
 
 
 def completion_loss(model, input_ids, attention_mask, completion_mask):
-    """Mean next-token cross-entropy over completion tokens only. The LM head runs on those
-    positions alone, so the (batch x length x vocab) logits tensor is never built."""
+    r"""Mean next-token cross-entropy over completion tokens only. The LM head runs on those
+    positions alone, so the (batch x length x vocab) logits tensor is never built.
+
+    $\mathcal L_\mathrm{SFT} = -\frac{1}{\sum_t m_t} \sum_t m_t \log \pi_\theta(y_t \mid y_{<t})$
+    """
     import torch.nn.functional as F
 
     hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

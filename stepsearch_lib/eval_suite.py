@@ -11,13 +11,14 @@ already exist (same question count) is read back instead of recomputed, so a re-
 
 from __future__ import annotations
 
-import csv
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .evaluate import RESULT_FIELDS, evaluate, load_model_for_eval
-from .fileio import read_csv, write_csv
+from .fileio import iter_json_records, read_csv, write_csv
+from .profile_data import load_eval_sets
+from .retrieval import profile_retriever
 from .sft import warm_start_dir
 
 RUN_LABELS = {"steppo-full": "StePPO", "ppo-global_only": "PPO", "grpo-full": "GRPO",
@@ -94,8 +95,6 @@ def run_evaluation(cfg, datasets: dict | None = None, retriever=None, plan: list
     """Evaluate every plan entry on every dataset (reusing finished cells); returns the results CSV."""
     from tqdm.auto import tqdm
 
-    from .index import profile_retriever
-    from .profile_data import load_eval_sets
 
     if datasets is None:
         n = cfg.eval.questions_per_dataset
@@ -118,15 +117,37 @@ def run_evaluation(cfg, datasets: dict | None = None, retriever=None, plan: list
     return write_csv(cfg.path("eval", "results.csv"), rows)
 
 
-def read_paper_results(path: Path | str) -> list[dict]:
-    """The paper's published EM / F1 (`reference/paper_results.csv`), one row per table x model x method."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        for k in list(r):
-            if k.endswith(("_em", "_f1")):
-                r[k] = float(r[k])
-    return rows
+__all__ = ["Entry", "RESULT_FIELDS", "evaluation_plan", "resolve_model", "run_evaluation"]
 
 
-__all__ = ["Entry", "RESULT_FIELDS", "evaluation_plan", "read_paper_results", "resolve_model", "run_evaluation"]
+def run_summaries(runs: dict[str, Path]) -> dict[str, dict]:
+    """{label: first / last answer F1, last search-key score and searches, seconds per update, peak RSS} of each
+    training run's metrics JSONL."""
+    out = {}
+    for label, path in runs.items():
+        rows = list(iter_json_records(path))
+        first, last = rows[0][1], rows[-1][1]
+        out[label] = {"updates": len(rows), "F1 first": first["reward/answer_f1"], "F1 last": last["reward/answer_f1"],
+                      "search-key last": last["reward/search_key"], "searches last": last["rollout/num_searches"],
+                      "s / update": sum(r["time/step_s"] for _, r in rows) / len(rows),
+                      "rollout s / update": sum(r["time/rollout_s"] for _, r in rows) / len(rows),
+                      "peak RSS MB": max(r["memory/peak_rss_mb"] for _, r in rows)}
+    return out
+
+
+PAPER_SETTING = {"policy": "Qwen2.5-3B / 7B (base, instruct)", "retriever": "e5-base-v2 over wiki-18 (21M passages)",
+                 "training questions": "built from MuSiQue-Ans train (19,938 questions)",
+                 "updates": "~1,100 x batch 128 on 8 GPUs", "eval questions / dataset": "full dev / test sets"}
+"""How the paper's numbers were produced (for the side-by-side with this profile's run)."""
+
+
+def setting_comparison(cfg, metrics: dict[str, Path], eval_questions: int) -> dict[str, dict[str, str]]:
+    """{"paper": PAPER_SETTING, "ours": the same fields for this config's run}."""
+    updates = {label: sum(1 for _ in iter_json_records(path)) for label, path in metrics.items()}
+    train_file = cfg.path("data", "stepsearch_train.jsonl")
+    n_train = sum(1 for _ in iter_json_records(train_file)) if train_file.is_file() else 0
+    ours = {"policy": cfg.model.policy, "retriever": f"{cfg.retrieval.kind} ({cfg.model.encoder}) over the profile corpus",
+            "training questions": f"{n_train:,}",
+            "updates": ", ".join(f"{k}: {v} x {cfg.train.questions_per_step}" for k, v in updates.items()) or "none",
+            "eval questions / dataset": str(eval_questions)}
+    return {"paper": PAPER_SETTING, "ours": ours}

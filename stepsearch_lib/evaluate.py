@@ -24,14 +24,19 @@ from typing import Sequence
 
 import numpy as np
 
-from .cli import add_config_args, config_from_args
+from .checkpoint import latest_checkpoint, load_policy_weights
+from .cli import add_config_args, config_from_args, door
 from .config import check_choices
+from .data import load_questions
 from .decoding import Sampling
-from .fileio import write_csv, write_jsonl
+from .fileio import require, write_csv, write_jsonl
+from .models import load_policy, policy_from_config
 from .overrides import apply_overrides
 from .protocol import DIRECT_PROMPT, RAG_PROMPT, chat_wrap, cut_words, extract_answer, render_docs
+from .retrieval import retriever_from_dirs
 from .rewards import best_em, best_f1
 from .rollout import hf_generate_turn, rollout_from_config
+from .sft import init_adapter_path
 
 METHODS = ("naive", "rag", "agent")
 """Evaluation methods."""
@@ -152,19 +157,14 @@ def run_config(step_dir: Path, cfg):
 
 def load_model_for_eval(name_or_checkpoint: str, cfg):
     """(model, tokenizer) for a policy name, a saved peft adapter, or a training checkpoint."""
-    from .checkpoint import latest_checkpoint, load_checkpoint
-    from .models import load_policy, policy_from_config
-
     path = Path(name_or_checkpoint).expanduser()
     if (path / "adapter_config.json").is_file():  # a peft adapter (the SFT warm start) on the profile's policy
         model, tok = policy_from_config(cfg, adapter=path)
     elif (path / "latest").is_file() or (path / "state.json").is_file():  # a training run or one of its steps
-        from .train import build_models
-
         step = path if (path / "state.json").is_file() else latest_checkpoint(path)
-        run_cfg = run_config(step, cfg)
-        model, critic, tok, opt_a, opt_c = build_models(run_cfg)
-        load_checkpoint(step, model, critic, opt_a, opt_c)
+        run_cfg = run_config(step, cfg)  # the policy as trained: its settings and warm start, then its weights
+        model, tok = policy_from_config(run_cfg, adapter=init_adapter_path(run_cfg))
+        load_policy_weights(step, model)
     else:
         model, tok = load_policy(name_or_checkpoint, dtype=cfg.model.dtype, cache_dir=cfg.cache_dir,
                                  load_in_4bit=cfg.model.load_in_4bit, tiny_hidden_size=cfg.model.tiny_hidden_size,
@@ -173,13 +173,11 @@ def load_model_for_eval(name_or_checkpoint: str, cfg):
     return model, tok
 
 
+@door
 def main(argv: list[str] | None = None) -> int:
-    from .data import load_questions
-    from .retrieval import retriever_from_dirs
-
     ap = argparse.ArgumentParser(
         description="Score a method on a question file (EM / F1 with bootstrap intervals).",
-        epilog="example: python -m stepsearch_lib.evaluate --method agent --model runs/cpu/checkpoints/steppo-full-s0 "
+        epilog="example: stepsearch evaluate --method agent --model runs/cpu/checkpoints/steppo-full-s0 "
                "--dataset ../shared/data/bamboogle/test.jsonl --index runs/cpu/index/dense --out runs/cpu/eval/x",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(ap)
@@ -194,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.method != "naive" and not args.index:
         ap.error(f"--method {args.method} needs --index")
     retriever = retriever_from_dirs([Path(d) for d in args.index], cfg.retrieval.rrf_k) if args.index else None
-    records = load_questions(args.dataset, limit=args.limit)
+    records = load_questions(require(args.dataset, "`make data` (the profile's question files)"), limit=args.limit)
     model, tok = load_model_for_eval(args.model, cfg)
     summary = evaluate(args.method, model, tok, records, retriever, cfg, args.out, args.model,
                        records[0].dataset if records else Path(args.dataset).stem)

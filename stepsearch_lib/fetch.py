@@ -1,12 +1,12 @@
 """Get the full official data (and the paper-scale corpus, index, models) onto a connected machine.
 
-``make data`` / ``python -m stepsearch_lib.fetch`` downloads the files a profile reads into its data
-root, in the layout the loaders expect::
+``make data`` / ``stepsearch data`` downloads the files a profile reads into its data
+root, in the layout the loaders expect; examples::
 
-    python -m stepsearch_lib.fetch --profile gpu                  # MuSiQue, HotpotQA, 2Wiki, Bamboogle
-    python -m stepsearch_lib.fetch --profile gpu --with corpus    # + the Search-R1 wiki-18 corpus
-    python -m stepsearch_lib.fetch --profile gpu --with index stepsearch --models --yes
-    python -m stepsearch_lib.fetch --list                         # every source, its size and origin
+    stepsearch data --profile gpu                  # MuSiQue, HotpotQA, 2Wiki, Bamboogle
+    stepsearch data --profile gpu --with corpus    # + the Search-R1 wiki-18 corpus
+    stepsearch data --profile gpu --with index stepsearch --models --yes
+    stepsearch data --list                         # every source, its size and origin
 
 * When the profile's data root is the offline mirror (``../shared/data``), the mirror is used and
   nothing is downloaded (pass ``--data-root DIR`` to download elsewhere anyway).
@@ -33,9 +33,25 @@ from tqdm.auto import tqdm
 
 from .config import PROJECT_ROOT, get_config
 from .download import (
-    LOCK_FILE, ChecksumError, FetchError, check_digest, expected_digest, fetch_models, gunzip_to, http_download,
-    hub_download, hub_file_info, hub_guard, hub_snapshot, hub_url, join_parts, read_lock, record, remote_size,
-    sha256_of, unzip_members,
+    LOCK_FILE,
+    ChecksumError,
+    FetchError,
+    check_digest,
+    expected_digest,
+    fetch_models,
+    gunzip_to,
+    http_download,
+    hub_download,
+    hub_file_info,
+    hub_guard,
+    hub_snapshot,
+    hub_url,
+    join_parts,
+    read_lock,
+    record,
+    remote_size,
+    sha256_of,
+    unzip_members,
 )
 
 __all__ = ["SOURCES", "Source", "FetchError", "ChecksumError", "fetch_source", "fetch_models", "main"]
@@ -252,7 +268,7 @@ def verify(root: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m stepsearch_lib.fetch", description=__doc__,
+    ap = argparse.ArgumentParser(prog="stepsearch data", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="cpu", help="whose data root and files (default cpu)")
     ap.add_argument("--data-root", default=None, help="download here (default: the profile's data root)")

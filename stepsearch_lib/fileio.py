@@ -9,10 +9,23 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+
+class MissingInputError(FileNotFoundError):
+    """An input a stage needs does not exist; the message names the command that produces it."""
+
+
+def require(path: Path | str, made_by: str) -> Path:
+    """``path`` if it exists, else a `MissingInputError` naming ``made_by``, the command that produces it."""
+    path = Path(path)
+    if not path.exists():
+        raise MissingInputError(f"{path} is missing; `{made_by}` produces it")
+    return path
 
 
 class DataFormatError(ValueError):
@@ -32,7 +45,7 @@ def iter_json_records(path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise MissingInputError(f"{path}: no such file")
     raw = path.read_bytes()
     if not raw.strip():
         raise DataFormatError(f"{path}: the file is empty")
@@ -199,3 +212,8 @@ def read_csv(path: Path | str) -> list[dict]:
 
     with open(path, encoding="utf-8", newline="") as f:
         return list(csv.DictReader(f))
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,7 +1,7 @@
-"""Index building: the CLI and the profile-driven build used by notebook 02.
+"""Index building: a profile's dense + BM25 indexes (notebooks 01-02, `stepsearch index`), or one folder.
 
-    python -m stepsearch_lib.index build --corpus PATH --kind dense|bm25 --out DIR \
-        [--encoder NAME] [--factory STR] [--batch-size N] [--limit N]
+    stepsearch index --profile cpu
+    stepsearch index build --corpus PATH --kind dense|bm25 --out DIR [--encoder NAME] [--factory STR] [--limit N]
 """
 
 from __future__ import annotations
@@ -10,7 +10,11 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
+from .cli import add_config_args, config_from_args, door
 from .data import Passage, load_corpus
+from .encoder import load_encoder
+from .fileio import require
+from .profile_data import load_profile_corpus
 from .retrieval import build_bm25_index, build_dense_index, corpus_hash, read_meta
 
 
@@ -24,8 +28,6 @@ def build_index(kind: str, passages: Sequence[Passage], out_dir: Path | str, enc
     """Build one index folder; returns its metadata plus size and peak-memory figures."""
     if kind == "dense":
         if encoder is None:
-            from .models import load_encoder
-
             encoder = load_encoder(encoder_name)
         meta = build_dense_index(passages, encoder, out_dir, factory, batch_size, cache_dir, seed)
     elif kind == "bm25":
@@ -57,10 +59,16 @@ def build_profile_indexes(cfg, passages: Sequence[Passage], encoder=None) -> dic
     return out
 
 
+@door
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Build retrieval indexes.")
-    sub = ap.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="build a dense (FAISS) or BM25 (bm25s) index folder")
+    ap = argparse.ArgumentParser(
+        description="Build retrieval indexes: a profile's dense + BM25 indexes (default), or one folder (`build`).",
+        epilog="examples:\n  stepsearch index --profile smoke\n"
+               "  stepsearch index build --corpus ../shared/data/corpus/wiki_subset.jsonl --kind bm25 --out runs/bm25",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(ap)
+    sub = ap.add_subparsers(dest="command")
+    b = sub.add_parser("build", help="build one dense (FAISS) or BM25 (bm25s) index folder from a corpus file")
     b.add_argument("--corpus", required=True, help="passage file: jsonl id/title/text, FlashRAG contents, or DPR tsv")
     b.add_argument("--kind", required=True, choices=["dense", "bm25"])
     b.add_argument("--out", required=True)
@@ -69,25 +77,17 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--batch-size", type=int, default=64)
     b.add_argument("--limit", type=int, default=0, help="index only the first N passages")
     args = ap.parse_args(argv)
-    passages = load_corpus(args.corpus, limit=args.limit)
-    meta = build_index(args.kind, passages, Path(args.out), args.encoder, args.factory, args.batch_size)
-    print(" ".join(f"{k}={v}" for k, v in meta.items() if k != "corpus_hash"))
+    if args.command == "build":
+        passages = load_corpus(require(args.corpus, "`make data` (the profile's files)"), limit=args.limit)
+        meta = build_index(args.kind, passages, Path(args.out), args.encoder, args.factory, args.batch_size)
+        print(" ".join(f"{k}={v}" for k, v in meta.items() if k != "corpus_hash"))
+        return 0
+    cfg = config_from_args(args)
+    for kind, meta in build_profile_indexes(cfg, load_profile_corpus(cfg)).items():
+        print(f"{kind}: {cfg.path('index', kind)} ({meta['num_passages']} passages, "
+              f"{'reused' if meta['reused'] else 'built'})")
     return 0
 
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-def profile_retriever(cfg, encoder=None):
-    """The retriever a profile's rollouts use (``retrieval.kind``): its dense or BM25 index folder,
-    their hybrid, or the remote server at ``retrieval.remote_url``."""
-    from .retrieval import RemoteRetriever, retriever_from_dirs
-
-    kind = cfg.retrieval.kind
-    if kind == "remote":
-        return RemoteRetriever(cfg.retrieval.remote_url, timeout_s=cfg.retrieval.timeout_s)
-    dirs = {"dense": ["dense"], "bm25": ["bm25"], "hybrid": ["dense", "bm25"]}.get(kind)
-    if dirs is None:
-        raise ValueError(f"retrieval.kind must be dense, bm25, hybrid or remote, got {kind!r}")
-    return retriever_from_dirs([cfg.path("index", d) for d in dirs], cfg.retrieval.rrf_k, encoder)

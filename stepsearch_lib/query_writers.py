@@ -132,7 +132,6 @@ class LocalChatWriter(QueryWriter):
 
     def write_batch(self, sub_questions: Sequence[str]) -> list[list[str]]:
         import torch
-
         from tqdm.auto import tqdm
 
         out: list[list[str]] = []

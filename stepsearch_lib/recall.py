@@ -52,7 +52,10 @@ def build_queries(datasets: Mapping[str, Sequence[QuestionRecord]], corpus: Sequ
 
 def recall_rows(retriever: Retriever, queries: Sequence[RecallQuery], ks: Sequence[int] = (1, 3, 5, 10),
                 batch_size: int = 256) -> list[dict]:
-    """One row per (group, k): ``{"group", "k", "recall", "n"}``."""
+    r"""One row per (group, k): ``{"group", "k", "recall", "n"}``.
+
+    $\mathrm{recall@}k(q) = |G(q) \cap \mathrm{top}_k(q)| / |G(q)|$, averaged over the group's queries.
+    """
     kmax = max(ks)
     hits: list[list[str]] = []
     for start in range(0, len(queries), batch_size):

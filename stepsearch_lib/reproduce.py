@@ -1,4 +1,4 @@
-"""``python -m stepsearch_lib.reproduce --profile cpu``: run the numbered notebooks in order.
+"""``stepsearch reproduce --profile cpu``: run the numbered notebooks in order.
 
 Each ``notebooks/NN_*.ipynb`` is executed with papermill (parameters ``PROFILE`` and
 ``SEED``); the executed copy goes to ``runs/<profile>/notebooks/``; the notebooks write
@@ -18,8 +18,10 @@ import re
 import time
 from pathlib import Path
 
+from .cli import add_config_args
 from .config import PROJECT_ROOT, get_config
 from .fileio import atomic_path
+from .overrides import parse_cli_overrides
 
 
 def notebook_paths(folder: Path = PROJECT_ROOT / "notebooks") -> list[Path]:
@@ -134,16 +136,18 @@ def notebook_outputs(path: Path | str, root: Path | str | None = None) -> list[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", default="cpu")
-    ap.add_argument("--seed", type=int, default=0)
+    ap = argparse.ArgumentParser(description="Run the numbered notebooks in order (papermill).",
+                                 epilog="example: stepsearch reproduce --profile smoke --only 01 02",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(ap)
     ap.add_argument("--only", nargs="*", help="notebook name prefixes to run (default: all)")
     ap.add_argument("--write-back", action="store_true",
                     help="store the executed notebooks (stripped) back into notebooks/ (smoke profile only)")
     args = ap.parse_args(argv)
     if args.write_back and args.profile != "smoke":
         ap.error("--write-back is for the smoke profile (the committed notebooks carry smoke outputs)")
-    cfg = get_config(args.profile, seed=args.seed)
+    overrides = parse_cli_overrides(args.set)
+    cfg = get_config(args.profile, overrides, seed=args.seed or 0)
     notebooks = [p for p in notebook_paths() if not args.only or any(p.name.startswith(o) for o in args.only)]
     if not notebooks:
         raise SystemExit("no numbered notebooks found under notebooks/")
@@ -151,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     total = 0.0
     for nb in notebooks:
         print(f"[reproduce] {nb.name} (profile {cfg.profile}) ...", flush=True)
-        seconds = run_notebook(nb, out_dir, {"PROFILE": cfg.profile, "SEED": cfg.seed})
+        seconds = run_notebook(nb, out_dir, {"PROFILE": cfg.profile, "SEED": cfg.seed, "OVERRIDES": overrides})
         total += seconds
         print(f"[reproduce] {nb.name} done in {seconds:.0f} s", flush=True)
         if args.write_back:

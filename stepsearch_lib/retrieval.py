@@ -21,8 +21,10 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from .cli import stage_command
 from .data import Passage, load_corpus, split_contents
-from .fileio import atomic_path, write_json, write_jsonl
+from .encoder import load_encoder
+from .fileio import MissingInputError, atomic_path, peak_rss_mb, require, write_json, write_jsonl
 
 INDEX_FORMAT = 1
 """Version of the index folder layout."""
@@ -126,13 +128,6 @@ def _write_index_dir(out_dir: Path, passages: Sequence[Passage], meta: dict, wri
     return Path(out_dir)
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _base_meta(kind: str, passages: Sequence[Passage], seconds: float) -> dict:
     return {"format": INDEX_FORMAT, "kind": kind, "corpus_hash": corpus_hash(passages),
             "num_passages": len(passages), "build_seconds": round(seconds, 3),
@@ -156,6 +151,11 @@ def build_dense_index(passages: Sequence[Passage], encoder, out_dir: Path | str,
 
 
 class DenseRetriever(Retriever):
+    r"""FAISS over unit passage embeddings ``E(title. text)``.
+
+    $s_\mathrm{dense}(q, d) = E(q)^\top E(d)$ (unit vectors: the cosine)
+    """
+
     def __init__(self, index, passages: Sequence[Passage], encoder, meta: dict):
         self.index, self.passages, self.encoder, self.meta = index, list(passages), encoder, meta
 
@@ -185,7 +185,10 @@ def _bm25_tokenize(texts: Sequence[str], show_progress: bool = False):
 
 
 def build_bm25_index(passages: Sequence[Passage], out_dir: Path | str, k1: float = 1.5, b: float = 0.75) -> dict:
-    """Index ``title text`` of each passage with bm25s (English stopwords, Snowball stemmer)."""
+    r"""Index ``title text`` of each passage with bm25s (English stopwords, Snowball stemmer).
+
+    $s_\mathrm{BM25}(q, d) = \sum_{t \in q} \ln(1 + \frac{N - n_t + 0.5}{n_t + 0.5}) \frac{f(t, d)}{f(t, d) + k_1 (1 - b + b |d| / \overline{|d|})}$ (bm25s' Lucene variant)
+    """
     import bm25s
 
     start = time.perf_counter()
@@ -219,7 +222,10 @@ class BM25Retriever(Retriever):
 
 
 class HybridRetriever(Retriever):
-    """Reciprocal-rank fusion: score(d) = sum over retrievers of 1 / (rrf_k + rank(d))."""
+    r"""Reciprocal-rank fusion: score(d) = sum over retrievers of 1 / (rrf_k + rank(d)).
+
+    $s_\mathrm{RRF}(d) = \sum_r 1 / (k_\mathrm{rrf} + \mathrm{rank}_r(d))$
+    """
 
     def __init__(self, retrievers: Sequence[Retriever], rrf_k: int = 60, depth: int = 50):
         if len(retrievers) < 2:
@@ -248,7 +254,8 @@ class HybridRetriever(Retriever):
 def read_meta(index_dir: Path | str) -> dict:
     path = Path(index_dir) / "meta.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{index_dir} is not an index folder (no meta.json)")
+        raise MissingInputError(f"{index_dir} is not an index folder (no meta.json); `stepsearch index --profile PROFILE` "
+                                f"builds a profile's indexes")
     meta = json.loads(path.read_text())
     if meta.get("format") != INDEX_FORMAT:
         raise IndexMismatchError(f"{path}: index format {meta.get('format')} is not {INDEX_FORMAT}; rebuild it")
@@ -277,8 +284,6 @@ def load_retriever(index_dir: Path | str, encoder=None, expected_corpus_hash: st
     if wanted is not None and wanted != meta["encoder"]:
         raise IndexMismatchError(f"{index_dir} was built with encoder {meta['encoder']!r}, not {wanted!r}")
     if encoder is None:
-        from .models import load_encoder
-
         encoder = load_encoder(meta["encoder"])
     if encoder.dim != meta["dim"]:
         raise IndexMismatchError(f"{index_dir}: encoder dim {encoder.dim} != index dim {meta['dim']}")
@@ -370,3 +375,16 @@ class RemoteRetriever(Retriever):
                 hits.append(Hit(passage_from_document(doc), score))
             out.append(hits)
         return out
+
+
+def profile_retriever(cfg, encoder=None):
+    """The retriever a profile's rollouts use (``retrieval.kind``): its dense or BM25 index folder,
+    their hybrid, or the remote server at ``retrieval.remote_url``."""
+    kind = cfg.retrieval.kind
+    if kind == "remote":
+        return RemoteRetriever(cfg.retrieval.remote_url, timeout_s=cfg.retrieval.timeout_s)
+    dirs = {"dense": ["dense"], "bm25": ["bm25"], "hybrid": ["dense", "bm25"]}.get(kind)
+    if dirs is None:
+        raise ValueError(f"retrieval.kind must be dense, bm25, hybrid or remote, got {kind!r}")
+    paths = [require(cfg.path("index", d, "meta.json"), stage_command("index", cfg)).parent for d in dirs]
+    return retriever_from_dirs(paths, cfg.retrieval.rrf_k, encoder)

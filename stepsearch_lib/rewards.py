@@ -85,11 +85,18 @@ def best_f1(prediction: str | None, golds: Sequence[str]) -> float:
 
 
 def best_em(prediction: str | None, golds: Sequence[str]) -> float:
+    r"""Exact match after SQuAD normalisation, best over the golds (0 without a prediction).
+
+    $\mathrm{EM} = \max_g \mathbb 1[\mathrm{norm}(\hat a) = \mathrm{norm}(g)]$
+    """
     return max((exact_match(prediction, g) for g in golds), default=0.0) if prediction is not None else 0.0
 
 
 def answer_reward(response: str, golds: Sequence[str], format_penalty: float = -1.0) -> float:
-    """F1 of the final answer, or ``format_penalty`` when the response does not end with an answer block."""
+    r"""F1 of the final answer, or ``format_penalty`` when the response does not end with an answer block.
+
+    $r_\mathrm{answer} = \max_g F_1(\hat a, g)$ when the response ends with an answer block, else the format penalty (-1).
+    """
     if not ends_with_answer(response):
         return format_penalty
     return best_f1(extract_answer(response), golds)
@@ -104,7 +111,9 @@ def _rounded(x: float, decimals: int) -> float:
 
 def search_key_reward(queries: Sequence[str], gold_keys: Sequence[Sequence[str]], mode: str = "released",
                       decimals: int = 4) -> float:
-    """How well the issued queries match the gold sub-question queries, in [0, 1].
+    r"""How well the issued queries match the gold sub-question queries, in [0, 1].
+
+    $\mathrm{slot}_{j^*} \leftarrow s_{j^*}(q)$ for $j^* = \arg\max_j s_j(q)$, $s_j(q) = \max_{g \in G_j} F_1(q, g)$; $r_\mathrm{key} = \frac1J \sum_j \mathrm{slot}_j$
 
     s_j(q) = max_{g in G_j} F1(q, g) (rounded to ``decimals``, -1 = exact). ``released`` (the released loop):
     one slot per sub-question, all 0; each query in order finds j* = argmax_j s_j(q) (the first on ties) and,
@@ -230,7 +239,9 @@ def tfidf_cosine_matrix(docs: Sequence[str], golds: Sequence[str]) -> np.ndarray
 
 def information_gain(step_docs: Sequence[Sequence[str]], gold_docs: Sequence[str], fast: bool = True,
                      normalize: bool = True, fit: str = "doc_and_golds") -> list[float]:
-    """IG_t for every search step: mean over gold docs of the positive gain over the running max.
+    r"""IG_t for every search step: mean over gold docs of the positive gain over the running max.
+
+    $IG_t = \frac1{|G|} \sum_i \max(0, c_{t,i} - M_{t-1,i})$, $c_{t,i} = \max_{d \in D_t} \cos_\mathrm{TF-IDF}(d, g_i)$, $M_{t,i} = \max(M_{t-1,i}, c_{t,i})$
 
     ``normalize``: SQuAD-normalise both sides first (released). ``fit``: ``doc_and_golds`` (released: TF-IDF
     fitted on [doc] + all gold docs) or ``pair``. ``fast=False`` computes every cosine with scikit-learn.
@@ -263,7 +274,9 @@ def information_gain(step_docs: Sequence[Sequence[str]], gold_docs: Sequence[str
 
 
 def redundancy_penalty(step_docs: Sequence[Sequence[str]], match: str = "any_rank") -> list[float]:
-    """RP_t: share of step t's documents already seen (at an earlier step, or earlier in step t).
+    r"""RP_t: share of step t's documents already seen (at an earlier step, or earlier in step t).
+
+    $RP_t = |\{d \in D_t : d \text{ seen before}\}| / |D_t|$
 
     ``any_rank`` (the paper's intent): a document is its text (`protocol.doc_identity` drops the label the
     released splitter leaves). ``same_rank`` (released): a document is (rank, piece), which is what the
@@ -378,3 +391,10 @@ def search_key_score(completions: Sequence[str], search_keys: Sequence[Sequence[
     """TRL-style: the search-key reward of each completion's ``<search>`` queries (text-parsed: a completion
     that holds forced warning text should pass its generated queries to `search_key_reward` instead)."""
     return [search_key_reward(extract_queries(c), k, mode) for c, k in zip(completions, search_keys)]
+
+
+def gold_of(rec: dict) -> dict:
+    """The reward-side gold of a StepSearch record: answers, gold queries, gold documents (each supporting
+    paragraph's ``paragraph_text`` without its title, as the released reward compares them)."""
+    return {"answers": [rec["final_answer"], *rec.get("answer_aliases", [])], "gold_keys": rec["sub_searchs"],
+            "gold_docs": [d["paragraph_text"] for d in rec["sub_support_docs"]]}

@@ -32,8 +32,16 @@ from tqdm.auto import tqdm
 from .decoding import BatchDecoder, Sampling, turn_ended
 from .models import compute_autocast, resolved_compute_dtype
 from .protocol import (
-    INVALID_ACTION_WARNING, LAST_SEARCH_WARNING, STOP_STRINGS, build_prompt, cut_at_stop, cut_words, information_block,
-    key_query, parse_action, split_docs,
+    INVALID_ACTION_WARNING,
+    LAST_SEARCH_WARNING,
+    STOP_STRINGS,
+    build_prompt,
+    cut_at_stop,
+    cut_words,
+    information_block,
+    key_query,
+    parse_action,
+    split_docs,
 )
 from .retrieval import Retriever
 

@@ -21,7 +21,7 @@ from .demonstrations import episode_pieces, tokenize_pieces
 from .protocol import cut_words, information_block, split_docs
 from .query_writers import keyword_form
 from .retrieval import Retriever
-from .rewards import REWARD_CONFIGS, combine_rewards, place_rewards, score_trajectory
+from .rewards import REWARD_CONFIGS, combine_rewards, gold_of, place_rewards, score_trajectory
 from .rollout import rollout_from_config
 
 KINDS = ("gold", "paraphrase", "off_topic", "repeated", "no_search", "wrong_answer")
@@ -65,13 +65,6 @@ def scripted_trajectories(records: Sequence[dict], retriever: Retriever, topk: i
                     "response": "".join(text for text, _ in pieces), "pieces": pieces, "queries": queries,
                     "step_docs": [split_docs(information_block(d, doc_render), doc_render) for d in docs]})
     return out
-
-
-def gold_of(rec: dict) -> dict:
-    """The reward-side gold of a StepSearch record: answers, gold queries, gold documents (each supporting
-    paragraph's ``paragraph_text`` without its title, as the released reward compares them)."""
-    return {"answers": [rec["final_answer"], *rec.get("answer_aliases", [])], "gold_keys": rec["sub_searchs"],
-            "gold_docs": [d["paragraph_text"] for d in rec["sub_support_docs"]]}
 
 
 def score_rows(trajectories: Sequence[dict], records: Sequence[dict], reward_cfg, configs: Sequence[str] = tuple(REWARD_CONFIGS)

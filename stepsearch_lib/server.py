@@ -20,6 +20,7 @@ import argparse
 import threading
 from dataclasses import dataclass
 
+from .cli import door
 from .retrieval import Retriever, retriever_from_dirs
 
 
@@ -87,8 +88,10 @@ async def _send_error(send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(retriever: Retriever, default_topk: int = 3, limits: ServerLimits = ServerLimits(), meta: dict | None = None):
-    """The FastAPI app serving ``retriever`` (wrapped in the body-limit middleware)."""
+def create_app(retriever: Retriever, default_topk: int = 3, limits: ServerLimits | None = None,
+               meta: dict | None = None):
+    """The FastAPI app serving ``retriever`` (wrapped in the body-limit middleware); ``limits`` None: the defaults."""
+    limits = limits or ServerLimits()
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
@@ -157,10 +160,14 @@ def create_app(retriever: Retriever, default_topk: int = 3, limits: ServerLimits
     return _BodyLimit(app, limits.max_body_bytes, limits.body_timeout_s)
 
 
+@door
 def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
-    ap = argparse.ArgumentParser(description="Serve index folders over the Search-R1 /retrieve API.")
+    ap = argparse.ArgumentParser(description="Serve index folders over the Search-R1 /retrieve API.",
+                                 epilog="example: stepsearch server --index runs/cpu/index/dense --index runs/cpu/index/bm25 "
+                                        "--port 8000",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--index", action="append", required=True, help="index folder (repeat for hybrid)")
     ap.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     ap.add_argument("--port", type=int, default=8000)

@@ -22,8 +22,14 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .cli import add_config_args, config_from_args
-from .fileio import atomic_path, write_json
+from .cli import add_config_args, config_from_args, door, stage_command
+from .demonstrations import build_demonstrations
+from .fileio import MissingInputError, atomic_path, require, write_json
+from .models import policy_from_config
+from .retrieval import profile_retriever
+from .rewards import gold_of, score_trajectory
+from .rollout import rollout_from_config
+from .stepsearch_format import read_stepsearch
 
 
 def sft_train(model, tokenizer, rows: Sequence[dict], out_dir: Path | str, lr: float = 5e-4, epochs: float = 1.0,
@@ -75,9 +81,6 @@ def protocol_rates(trajectories, scored=None) -> dict:
 
 def protocol_check(model, tokenizer, records: Sequence[dict], retriever, cfg) -> dict:
     """Greedy rollouts on ``records``: format-gate pass rate (the reward's gate), search rate, F1."""
-    from .rewards import score_trajectory
-    from .rollout import rollout_from_config
-    from .scripted import gold_of
 
     trajs = rollout_from_config(model, tokenizer, [r["question"] for r in records], retriever, cfg, greedy=True)
     scored = [score_trajectory(t.response_text(tokenizer), t.queries, t.step_docs, reward_cfg=cfg.reward, **gold_of(r))
@@ -86,6 +89,7 @@ def protocol_check(model, tokenizer, records: Sequence[dict], retriever, cfg) ->
     return {"questions": len(trajs), **protocol_rates(trajs, scored),
             "searches_per_question": sum(t.num_searches for t in trajs) / n,
             "answer_f1": sum(s.answer_f1 for s in scored) / n,
+            "search_key": sum(s.search_key for s in scored) / n,
             "examples": [t.response_text(tokenizer) for t in trajs[:2]]}
 
 
@@ -93,14 +97,12 @@ def warm_start(cfg, records: Sequence[dict] | None = None, dev_records: Sequence
                retriever=None) -> dict:
     """Build demonstrations from the profile's constructed training data, train the SFT warm start,
     check the protocol rates on held-out dev records before and after; returns (and writes) a report."""
-    from .demonstrations import build_demonstrations
-    from .index import profile_retriever
-    from .models import policy_from_config
-    from .stepsearch_format import read_stepsearch
 
     t = cfg.train
-    records = records if records is not None else read_stepsearch(cfg.path("data", "stepsearch_train.jsonl"))
-    dev_records = dev_records if dev_records is not None else read_stepsearch(cfg.path("data", "stepsearch_dev.jsonl"))
+    records = records if records is not None else read_stepsearch(
+        require(cfg.path("data", "stepsearch_train.jsonl"), stage_command("construct", cfg)))
+    dev_records = dev_records if dev_records is not None else read_stepsearch(
+        require(cfg.path("data", "stepsearch_dev.jsonl"), stage_command("construct", cfg)))
     dev_records = list(dev_records)[:t.sft_eval_questions]
     retriever = retriever if retriever is not None else profile_retriever(cfg)
     model, tok = policy_from_config(cfg)
@@ -109,7 +111,7 @@ def warm_start(cfg, records: Sequence[dict] | None = None, dev_records: Sequence
     t_check = time.perf_counter() - t0
     rows = build_demonstrations(records, retriever, tok, n=t.sft_examples, topk=cfg.retrieval.topk,
                                 doc_words=cfg.rollout.doc_words, template=cfg.rollout.template, seed=cfg.seed,
-                                doc_render=cfg.rollout.doc_render)
+                                doc_render=cfg.rollout.doc_render, queries=t.sft_queries)
     t0 = time.perf_counter()
     info = sft_train(model, tok, rows, warm_start_dir(cfg), lr=t.sft_lr, epochs=t.sft_epochs,
                      batch_size=t.sft_batch_size, seed=cfg.seed)
@@ -130,7 +132,7 @@ def warm_start_settings(cfg) -> dict:
             "examples": t.sft_examples, "lr": t.sft_lr, "epochs": t.sft_epochs, "batch_size": t.sft_batch_size,
             "eval_questions": t.sft_eval_questions, "seed": cfg.seed, "retrieval": [cfg.retrieval.kind, cfg.retrieval.topk],
             "doc_words": cfg.rollout.doc_words, "template": cfg.rollout.template,
-            "doc_render": cfg.rollout.doc_render}
+            "doc_render": cfg.rollout.doc_render, **({"queries": t.sft_queries} if t.sft_queries != "gold" else {})}
 
 
 def warm_start_dir(cfg) -> Path:
@@ -158,9 +160,8 @@ def init_adapter_path(cfg) -> Path | None:
         return None
     path = warm_start_dir(cfg) if name == "sft" else Path(name).expanduser()
     if not (path / "adapter_config.json").is_file():
-        hint = (f" -- make it with `python -m stepsearch_lib.sft --profile {cfg.profile} --seed {cfg.seed}` (and the "
-                f"same --set options)" if name == "sft" else "")
-        raise FileNotFoundError(f"train.init_adapter={name!r}: no saved adapter at {path}{hint}")
+        hint = f"; `{stage_command('sft', cfg)}` (with the same --set options) makes it" if name == "sft" else ""
+        raise MissingInputError(f"train.init_adapter={name!r}: no saved adapter at {path}{hint}")
     return path
 
 
@@ -174,9 +175,10 @@ def ensure_warm_start(cfg) -> dict:
     return warm_start(cfg)
 
 
+@door
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="SFT warm start: teach the policy the search protocol.",
-                                 epilog="example: python -m stepsearch_lib.sft --profile cpu --seed 1 --set train.sft_lr=1e-4",
+                                 epilog="example: stepsearch sft --profile cpu --seed 1 --set train.sft_lr=1e-4",
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(ap)
     report = warm_start(config_from_args(ap.parse_args(argv)))

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from .models import keep_requires_grad, reference_policy
+from .models import keep_requires_grad, reference_policy, token_logprobs
+from .parallel import World, average_gradients
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -36,7 +37,10 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, 
 
 def kl_penalised_rewards(token_rewards: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
                          mask: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """r'_t = r_t - beta * (log pi(a_t|s_t) - log pi_ref(a_t|s_t)) on trainable tokens; returns (r', kl)."""
+    r"""r'_t = r_t - beta * (log pi(a_t|s_t) - log pi_ref(a_t|s_t)) on trainable tokens; returns (r', kl).
+
+    $r'_t = r_t - \beta (\log \pi_\theta(y_t) - \log \pi_\mathrm{ref}(y_t))$
+    """
     # KL estimate per token: k1 = log pi - log pi_ref, only where the policy acted
     kl = (logprobs - ref_logprobs) * mask
     return token_rewards - beta * kl, kl
@@ -44,7 +48,9 @@ def kl_penalised_rewards(token_rewards: torch.Tensor, logprobs: torch.Tensor, re
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation over the trainable tokens of each row (vectorised over rows).
+    r"""Generalised advantage estimation over the trainable tokens of each row (vectorised over rows).
+
+    $\delta_t = r_t + \gamma V(s_{t+1}) - V(s_t)$, $A_t = \delta_t + \gamma \lambda A_{t+1}$, $R_t = A_t + V(s_t)$
 
     Masked tokens (forced information) are skipped: the recursion steps from one trainable token
     to the next, and a reward sitting on a masked token is carried back to the trainable token
@@ -76,7 +82,10 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
 
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                 clip: float) -> tuple[torch.Tensor, dict]:
-    """Clipped surrogate: L = -E[min(rho A, clip(rho, 1-eps, 1+eps) A)], rho = exp(log pi - log pi_old)."""
+    r"""Clipped surrogate: L = -E[min(rho A, clip(rho, 1-eps, 1+eps) A)], rho = exp(log pi - log pi_old).
+
+    $L^\mathrm{CLIP} = -\mathbb E_t[\min(\rho_t A_t, \mathrm{clip}(\rho_t, 1 - \epsilon, 1 + \epsilon) A_t)]$
+    """
     ratio = torch.exp(logprobs - old_logprobs)
     # L^CLIP = min(rho_t A_t, clip(rho_t, 1 - eps, 1 + eps) A_t)
     surrogate = torch.min(ratio * advantages, torch.clamp(ratio, 1 - clip, 1 + clip) * advantages)
@@ -129,7 +138,7 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
     return float(1 - masked_var(returns - values, mask, unbiased=False) / var_r)
 
 
-def reference_logprobs(actor, batch, token_logprobs) -> torch.Tensor:
+def reference_logprobs(actor, batch) -> torch.Tensor:
     """log pi_ref: the same weights with the RL adapter off (no second copy of the model): the warm-started policy."""
     if not hasattr(actor, "disable_adapter"):
         raise TypeError("the reference policy is the actor with its adapter disabled: the actor needs a LoRA adapter")
@@ -176,8 +185,6 @@ def params_of(opt) -> list[torch.nn.Parameter]:
 
 def optimizer_step(opt, max_grad_norm: float, world=None) -> None:
     """Average gradients over processes (data parallel), clip their norm, step, zero them."""
-    from .parallel import World, average_gradients
-
     params = params_of(opt)
     average_gradients(params, world or World())
     torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
@@ -194,8 +201,6 @@ def steppo_update(actor, critic, actor_opt, critic_opt, batch, ppo, seed: int = 
     ``ppo.grad_accum`` minibatches (losses scaled by 1 / grad_accum) and after the last one.
     ``update_actor=False``: a critic warm-up update (the value loss only; the policy is left alone).
     """
-    from .batching import token_logprobs
-
     mask = batch.action_mask
     stats = batch.stats_mask(ppo.stats_tokens)  # released: every response token; paper: generated ones
     actor.eval()
@@ -204,7 +209,7 @@ def steppo_update(actor, critic, actor_opt, critic_opt, batch, ppo, seed: int = 
     old_logprobs = batch.old_logprobs if batch.old_logprobs is not None else no_grad_pass(
         lambda b: token_logprobs(actor, b.input_ids, b.attention_mask, b.action_mask)[0], batch, NO_GRAD_CHUNK)
     old_values = no_grad_pass(lambda b: critic(b.input_ids, b.attention_mask), batch, NO_GRAD_CHUNK)
-    ref_logprobs = no_grad_pass(lambda b: reference_logprobs(actor, b, token_logprobs), batch, NO_GRAD_CHUNK)
+    ref_logprobs = no_grad_pass(lambda b: reference_logprobs(actor, b), batch, NO_GRAD_CHUNK)
     advantages, returns, kl = advantages_and_returns(batch.token_rewards, old_logprobs, ref_logprobs, old_values, mask,
                                                      stats, ppo)
     ev = explained_variance(old_values, returns, stats)  # of the critic that produced these values

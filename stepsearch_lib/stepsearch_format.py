@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .data import Paragraph, QuestionRecord, SubQuestion, split_contents
-from .fileio import DataFormatError, atomic_path, iter_json_records, where, write_jsonl
+from .fileio import DataFormatError, MissingInputError, atomic_path, iter_json_records, where, write_jsonl
 
 FIELDS = ("id", "question", "final_answer", "answer_aliases", "sub_searchs", "sub_support_docs")
 """The released StepSearch fields, in order."""
@@ -72,7 +72,7 @@ def _iter_parquet(path: Path):
     import pyarrow.parquet as pq
 
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise MissingInputError(f"{path}: no such file")
     for i, row in enumerate(pq.read_table(path).to_pylist()):
         yield i, row
 

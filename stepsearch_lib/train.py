@@ -24,7 +24,6 @@ import argparse
 import dataclasses
 import json
 import math
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -33,19 +32,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .batching import build_batch, token_logprobs
+from .batching import build_batch
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .cli import add_config_args, config_from_args
+from .cli import UsageError, add_config_args, config_from_args, door, stage_command
 from .critic import ValueModel, add_critic_adapter
-from .models import LoraSpec, compute_autocast, policy_from_config, resolved_compute_dtype
+from .fileio import peak_rss_mb, require
+from .models import LoraSpec, compute_autocast, policy_from_config, resolved_compute_dtype, token_logprobs
 from .overrides import apply_overrides
-from .retrieval import peak_rss_mb
-from .rewards import score_trajectory
-from .rollout import rollout_from_config
-from .scripted import gold_of
-from .sft import init_adapter_path
 from .parallel import World, assert_replicas_equal, barrier, init_world, mean_over_processes
+from .retrieval import profile_retriever
+from .rewards import gold_of, score_trajectory
+from .rollout import rollout_from_config
+from .sft import init_adapter_path
 from .steppo import masked_mean, optimizer_step, params_of, policy_loss, set_lr, steppo_update, warmup_factor
+from .stepsearch_format import read_stepsearch
 
 ALGOS = ("steppo", "ppo", "grpo")
 """Algorithms of the training entry point."""
@@ -156,7 +156,12 @@ def grpo_update(actor, opt, batch, groups: list[int], outcome: list[float], ppo,
     return {"losses/policy": float(np.mean(losses)), **stats}
 
 
-class SettingsMismatchError(ValueError):
+SEED_STRIDE = 100_003
+"""Step seed = seed * SEED_STRIDE + step + RANK_STRIDE * rank: distinct streams per run, step and process (primes)."""
+RANK_STRIDE = 7_919
+
+
+class SettingsMismatchError(UsageError):
     """A run folder holds a checkpoint trained with other settings."""
 
 
@@ -172,9 +177,8 @@ def train(cfg, algo: str | None = None, reward_name: str | None = None, steps: i
     every process rolls out its own ``train.questions_per_step`` questions; gradients are averaged before
     each optimizer step; metrics are averaged over processes; process 0 writes metrics and checkpoints.
     """
-    from .index import profile_retriever
-    from .stepsearch_format import read_stepsearch
 
+    # ---- 1. the run: its settings, its folder (a resume must be the same run), data, models, the step to start at
     world = world or World()
     algo = algo or cfg.train.algo
     if algo not in ALGOS:
@@ -194,7 +198,8 @@ def train(cfg, algo: str | None = None, reward_name: str | None = None, steps: i
                 f"{ckpt_dir} holds a run trained with other settings: {'; '.join(diff[:12])}"
                 f"{' ...' if len(diff) > 12 else ''}. Give this run its own name (CLI: --run-name NAME) or delete "
                 f"that folder and metrics/{name}.jsonl yourself.")
-    records = records if records is not None else read_stepsearch(cfg.path("data", "stepsearch_train.jsonl"))
+    records = records if records is not None else read_stepsearch(
+        require(cfg.path("data", "stepsearch_train.jsonl"), stage_command("construct", cfg)))
     retriever = retriever if retriever is not None else profile_retriever(cfg)
     actor, critic, tok, opt_a, opt_c = build_models(cfg)
     start = 0
@@ -207,15 +212,19 @@ def train(cfg, algo: str | None = None, reward_name: str | None = None, steps: i
     group = cfg.train.grpo_group_size if algo == "grpo" else 1
     per_rank = cfg.train.questions_per_step
     for step in tqdm(range(start, end), desc=f"{name} steps", initial=start, total=steps, disable=not world.is_main):
+        # ---- 2. sample this step's questions (a function of seed and step: a resumed run draws the same ones)
         t0 = time.perf_counter()
         chosen = _step_questions(records, per_rank * world.size, cfg.seed, step)[world.rank * per_rank:][:per_rank]
         chosen = [r for r in chosen for _ in range(group)]
-        step_seed = cfg.seed * 100_003 + step + 7_919 * world.rank
+        step_seed = cfg.seed * SEED_STRIDE + step + RANK_STRIDE * world.rank
+        # ---- 3. roll out: multi-turn search episodes, sampled, with the sampler's log-probs kept for PPO
         trajs = rollout_from_config(actor, tok, [r["question"] for r in chosen], retriever, cfg, seed=step_seed)
         t_rollout = time.perf_counter() - t0
+        # ---- 4. score: answer, search-key and per-search step rewards; PPO keeps only the final reward
         scored = [score_trajectory(t.response_text(tok), t.queries, t.step_docs, reward_cfg=reward_cfg, **gold_of(r))
                   for t, r in zip(trajs, chosen)]
         batch = build_batch(trajs, scored, tok.pad_token_id, use_step_rewards=algo == "steppo")
+        # ---- 5. update: learning rates of this step, then StePPO / PPO (actor + critic) or GRPO
         # linear learning-rate warm-up (released: 28.5 % of the updates actor, 5 % critic), derived from the step
         lr_a = cfg.ppo.actor_lr * warmup_factor(step, steps, cfg.ppo.actor_warmup_frac)
         lr_c = cfg.ppo.critic_lr * warmup_factor(step, steps, cfg.ppo.critic_warmup_frac)
@@ -232,6 +241,7 @@ def train(cfg, algo: str | None = None, reward_name: str | None = None, steps: i
             else:
                 losses = steppo_update(actor, critic, opt_a, opt_c, batch, cfg.ppo, seed=cfg.seed + step, world=world,
                                        update_actor=step >= cfg.ppo.critic_warmup_updates)
+        # ---- 6. log one metrics line, stop on a non-finite loss, checkpoint every save_every steps and at the end
         row = mean_over_processes({**_rollout_metrics(trajs, scored), **losses, "lr/actor": lr_a, "lr/critic": lr_c},
                                   world)
         if not all(math.isfinite(v) for k, v in row.items() if k.startswith("losses/")):
@@ -250,6 +260,12 @@ def train(cfg, algo: str | None = None, reward_name: str | None = None, steps: i
                                 {"algo": algo, "reward": reward_name, "run": name, "settings": settings})
         barrier(world)
     return metrics_path
+
+
+def train_arms(cfg, arms: dict[str, str], steps: int | None = None, records: list[dict] | None = None,
+               retriever=None) -> dict[str, Path]:
+    """{label: metrics JSONL} of one run per ``{label: algo}`` (each with its algorithm's default reward), in order."""
+    return {label: train(cfg, algo, steps=steps, records=records, retriever=retriever) for label, algo in arms.items()}
 
 
 def _minibatch_tokens(batch, minibatch_size: int) -> int:
@@ -292,10 +308,11 @@ def _rollout_metrics(trajs, scored) -> dict:
     }
 
 
+@door
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description="Train a search agent with StePPO, PPO or GRPO (data parallel under `accelerate launch`).",
-        epilog="example: python -m stepsearch_lib.train --profile cpu --algo ppo --seed 1 --stop-after 20 "
+        epilog="example: stepsearch train --profile cpu --algo ppo --seed 1 --stop-after 20 "
                "--set ppo.actor_lr=5e-5", formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(ap)
     ap.add_argument("--algo", choices=ALGOS, default=None, help="default: the config's train.algo (steppo)")
@@ -308,12 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cfg = config_from_args(args)
     world = init_world(cpu=not torch.cuda.is_available())
-    try:
-        path = train(cfg, args.algo, args.reward_config, args.steps, resume=not args.no_resume, world=world,
-                     tag=args.run_name, stop_after=args.stop_after)
-    except (SettingsMismatchError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    path = train(cfg, args.algo, args.reward_config, args.steps, resume=not args.no_resume, world=world,
+                 tag=args.run_name, stop_after=args.stop_after)
     if world.is_main:
         print(f"metrics: {path}")
     return 0

@@ -15,11 +15,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import httpx
 import pytest
 
-from stepsearch_lib.config import default_data_root
+from stepsearch_lib.config import default_cache_dir, default_data_root
 from stepsearch_lib.data import gold_and_sub_paragraphs, load_corpus, load_questions, passage_key
+from stepsearch_lib.encoder import load_encoder
 from stepsearch_lib.index import build_index
-from stepsearch_lib.models import load_encoder
-from stepsearch_lib.config import default_cache_dir
 from stepsearch_lib.models import load_tokenizer
 
 
@@ -162,6 +161,7 @@ def pytest_sessionfinish(session, exitstatus):
     import json
 
     from reliability_stats import COUNTS
+
     from stepsearch_lib.config import PROJECT_ROOT
     from stepsearch_lib.fileio import write_json
 

@@ -158,7 +158,9 @@ class _ChatStandIn(BaseHTTPRequestHandler):
         _ChatStandIn.calls.append((self.path, self.headers.get("authorization"), body))
         question = body["messages"][0]["content"]
         if "FLAKY" in question and sum("FLAKY" in c[2]["messages"][0]["content"] for c in _ChatStandIn.calls) == 1:
-            self.send_response(500); self.end_headers(); return
+            self.send_response(500)
+            self.end_headers()
+            return
         if "BROKEN" in question:
             payload = {"choices": []}
         else:

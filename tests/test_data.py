@@ -6,12 +6,19 @@ import re
 import pytest
 
 from stepsearch_lib.config import get_config
-from stepsearch_lib.profile_data import load_eval_sets, load_profile_corpus, load_split
 from stepsearch_lib.data import (
-    DataFormatError, QuestionRecord, load_corpus, load_questions,
-    load_saved_corpus, load_saved_questions, gold_and_sub_paragraphs, passage_key, save_corpus,
+    DataFormatError,
+    QuestionRecord,
+    gold_and_sub_paragraphs,
+    load_corpus,
+    load_questions,
+    load_saved_corpus,
+    load_saved_questions,
+    passage_key,
+    save_corpus,
     save_questions,
 )
+from stepsearch_lib.profile_data import load_eval_sets, load_profile_corpus, load_split
 
 
 def _readme_counts(data_root):

@@ -6,9 +6,10 @@ import copy
 import pytest
 import torch
 
-from stepsearch_lib.batching import build_batch, token_logprobs
+from stepsearch_lib.batching import build_batch
 from stepsearch_lib.config import PPOConfig, RewardConfig
 from stepsearch_lib.decoding import Sampling, sample
+from stepsearch_lib.models import token_logprobs
 from stepsearch_lib.retrieval import load_retriever
 from stepsearch_lib.rollout import rollout
 
@@ -61,8 +62,7 @@ def test_the_sampler_is_the_policy_ppo_scores(protocol_model, tokenizer, stepsea
     decoder computed it equals the update's full forward (float32), and the first minibatch's ratio is 1."""
     from stepsearch_lib.critic import ValueModel
     from stepsearch_lib.models import LoraSpec, add_lora, build_tiny_model
-    from stepsearch_lib.rewards import score_trajectory
-    from stepsearch_lib.scripted import gold_of
+    from stepsearch_lib.rewards import gold_of, score_trajectory
     from stepsearch_lib.steppo import steppo_update
 
     actor = add_lora(copy.deepcopy(protocol_model), LoraSpec(r=8, alpha=16, dropout=0.0))

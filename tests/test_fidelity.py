@@ -8,7 +8,15 @@ import torch
 from stepsearch_lib.config import PPOConfig, get_config
 from stepsearch_lib.profiles import FIDELITY_PRESETS
 from stepsearch_lib.protocol import (
-    INVALID_ACTION_WARNING as INVALID, LAST_SEARCH_WARNING as LAST, information_block, render_docs, split_docs,
+    INVALID_ACTION_WARNING as INVALID,
+)
+from stepsearch_lib.protocol import (
+    LAST_SEARCH_WARNING as LAST,
+)
+from stepsearch_lib.protocol import (
+    information_block,
+    render_docs,
+    split_docs,
 )
 from stepsearch_lib.rollout import Turn, plan_turn
 from stepsearch_lib.steppo import advantages_and_returns, masked_whiten, warmup_factor

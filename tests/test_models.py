@@ -5,9 +5,8 @@ import pytest
 import torch
 
 from stepsearch_lib.config import get_config
-from stepsearch_lib.models import (
-    build_tiny_model, encoder_path, load_encoder, load_policy, policy_from_config, smollm2_gguf_path,
-)
+from stepsearch_lib.encoder import encoder_path, load_encoder
+from stepsearch_lib.models import build_tiny_model, load_policy, policy_from_config, smollm2_gguf_path
 
 
 def test_gguf_ships_in_the_wheel():

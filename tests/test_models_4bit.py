@@ -99,9 +99,9 @@ def test_a_warm_start_survives_the_4bit_path(tmp_path, tokenizer):
     Merging the adapter into the NF4 weights instead (the earlier path) re-quantises them and loses it."""
     from peft import PeftModel
 
-    from stepsearch_lib.batching import build_batch, token_logprobs
+    from stepsearch_lib.batching import build_batch
     from stepsearch_lib.critic import ValueModel, add_critic_adapter
-    from stepsearch_lib.models import WARM_ADAPTER
+    from stepsearch_lib.models import WARM_ADAPTER, token_logprobs
     from stepsearch_lib.steppo import reference_logprobs
 
     sft = add_lora(load_policy("tiny-random", seed=0, load_in_4bit=True)[0], LoraSpec(r=8, alpha=16, dropout=0.0))
@@ -143,7 +143,7 @@ def test_a_warm_start_survives_the_4bit_path(tmp_path, tokenizer):
     for n, p in policy.named_parameters():  # (randomising touched the warm adapter too: put it back)
         if f".{WARM_ADAPTER}." in n:
             p.data.copy_(dict(sft.named_parameters())[n.replace(f".{WARM_ADAPTER}.", ".default.")].data)
-    ref = reference_logprobs(policy, batch, token_logprobs)[0, 1:]
+    ref = reference_logprobs(policy, batch)[0, 1:]
     torch.testing.assert_close(ref, warm, atol=1e-5, rtol=0)  # ... the reference is still the warm start
     assert (logprobs(policy) - warm).abs().max() > 1e-3
 

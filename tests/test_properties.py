@@ -14,16 +14,29 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from reliability_stats import record
+
 from stepsearch_lib.config import RewardConfig
 from stepsearch_lib.protocol import (
-    INVALID_ACTION_WARNING, LAST_SEARCH_WARNING, cut_at_stop, ends_with_answer, extract_answer, extract_queries,
-    information_block, parse_action, split_docs,
+    INVALID_ACTION_WARNING,
+    LAST_SEARCH_WARNING,
+    cut_at_stop,
+    ends_with_answer,
+    extract_answer,
+    extract_queries,
+    information_block,
+    parse_action,
+    split_docs,
 )
 from stepsearch_lib.rewards import (
-    answer_reward, f1_score, information_gain, redundancy_penalty, score_trajectory, search_key_reward,
-    tfidf_pair_cosine_matrix, tfidf_pair_cosine_reference,
+    answer_reward,
+    f1_score,
+    information_gain,
+    redundancy_penalty,
+    score_trajectory,
+    search_key_reward,
+    tfidf_pair_cosine_matrix,
+    tfidf_pair_cosine_reference,
 )
 
 TAGS = ["<search>", "</search>", "<answer>", "</answer>", "<think>", "</think>", "<information>", "</information>"]

@@ -3,8 +3,16 @@
 import pytest
 
 from stepsearch_lib.protocol import (
-    Action, build_prompt, cut_at_stop, ends_with_answer, extract_answer, extract_queries, information_block,
-    parse_action, render_docs, split_docs,
+    Action,
+    build_prompt,
+    cut_at_stop,
+    ends_with_answer,
+    extract_answer,
+    extract_queries,
+    information_block,
+    parse_action,
+    render_docs,
+    split_docs,
 )
 
 ACTIONS = [

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from reliability_stats import record
+
 from stepsearch_lib.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from stepsearch_lib.config import PROJECT_ROOT, get_config
 from stepsearch_lib.fileio import write_jsonl

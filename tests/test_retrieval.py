@@ -11,7 +11,11 @@ from stepsearch_lib.decompose import resolved_sub_questions
 from stepsearch_lib.index import build_index
 from stepsearch_lib.recall import build_queries, recall_rows
 from stepsearch_lib.retrieval import (
-    HybridRetriever, IndexMismatchError, corpus_hash, load_retriever, retriever_from_dirs,
+    HybridRetriever,
+    IndexMismatchError,
+    corpus_hash,
+    load_retriever,
+    retriever_from_dirs,
 )
 
 

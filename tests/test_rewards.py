@@ -7,9 +7,23 @@ import pytest
 
 from stepsearch_lib.config import RewardConfig
 from stepsearch_lib.rewards import (
-    REWARD_CONFIGS, answer_f1_reward, answer_reward, best_em, best_f1, f1_score, information_gain, normalize_answer,
-    place_rewards, redundancy_penalty, score_trajectory, search_key_reward, search_key_score, tfidf_cosine_matrix,
-    tfidf_cosine_reference, tfidf_pair_cosine_matrix, tfidf_pair_cosine_reference,
+    REWARD_CONFIGS,
+    answer_f1_reward,
+    answer_reward,
+    best_em,
+    best_f1,
+    f1_score,
+    information_gain,
+    normalize_answer,
+    place_rewards,
+    redundancy_penalty,
+    score_trajectory,
+    search_key_reward,
+    search_key_score,
+    tfidf_cosine_matrix,
+    tfidf_cosine_reference,
+    tfidf_pair_cosine_matrix,
+    tfidf_pair_cosine_reference,
 )
 
 NORMALIZE = [("The  Eiffel Tower!", "eiffel tower"), ("an apple, a pear", "apple pear"), ("U.S.A.", "usa"), ("", "")]

@@ -5,9 +5,8 @@ import pytest
 
 from stepsearch_lib.config import RewardConfig
 from stepsearch_lib.retrieval import load_retriever
-from stepsearch_lib.rewards import information_gain
-from stepsearch_lib.scripted import KINDS, gold_of, score_rows, scripted_trajectories, token_layout
-from stepsearch_lib.rewards import score_trajectory
+from stepsearch_lib.rewards import gold_of, information_gain, score_trajectory
+from stepsearch_lib.scripted import KINDS, score_rows, scripted_trajectories, token_layout
 
 
 @pytest.fixture(scope="module")

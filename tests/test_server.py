@@ -2,8 +2,8 @@
 
 import httpx
 import pytest
-
 from conftest import free_port, running_server
+
 from stepsearch_lib.retrieval import RemoteRetrievalError, RemoteRetriever, load_retriever
 
 

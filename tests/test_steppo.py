@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from stepsearch_lib.steppo import (
-    entropy_from_logits, gae, kl_penalised_rewards, masked_mean, masked_whiten, policy_loss, value_loss,
+    entropy_from_logits,
+    gae,
+    kl_penalised_rewards,
+    masked_mean,
+    masked_whiten,
+    policy_loss,
+    value_loss,
 )
 
 
@@ -121,8 +127,7 @@ def test_explained_variance(values, returns, expected):
 
 
 def test_log_probabilities_use_a_float32_head_on_a_bfloat16_model(tokenizer):
-    from stepsearch_lib.batching import token_logprobs
-    from stepsearch_lib.models import build_tiny_model
+    from stepsearch_lib.models import build_tiny_model, token_logprobs
 
     model = build_tiny_model(tokenizer, seed=0).to(torch.bfloat16).eval()
     ids = torch.tensor([tokenizer("Who wrote Hamlet? <answer> Shakespeare </answer>")["input_ids"]])

@@ -5,14 +5,13 @@ import copy
 import pytest
 import torch
 
-from stepsearch_lib.batching import build_batch, token_logprobs
+from stepsearch_lib.batching import build_batch
 from stepsearch_lib.config import PPOConfig, RewardConfig
 from stepsearch_lib.critic import ValueModel
-from stepsearch_lib.models import LoraSpec, add_lora, build_tiny_model
+from stepsearch_lib.models import LoraSpec, add_lora, build_tiny_model, token_logprobs
 from stepsearch_lib.retrieval import load_retriever
+from stepsearch_lib.rewards import gold_of, score_trajectory
 from stepsearch_lib.rollout import rollout
-from stepsearch_lib.scripted import gold_of
-from stepsearch_lib.rewards import score_trajectory
 from stepsearch_lib.steppo import gae, masked_whiten, policy_loss, reference_logprobs, steppo_update
 
 
@@ -47,7 +46,7 @@ def test_reference_is_the_actor_without_its_adapter(setup, tokenizer, protocol_m
         for n, p in actor.named_parameters():
             if "lora_B" in n:
                 p.add_(0.05)
-    ref = reference_logprobs(actor, batch, token_logprobs)
+    ref = reference_logprobs(actor, batch)
     base = token_logprobs(protocol_model, batch.input_ids, batch.attention_mask, batch.action_mask)[0]
     assert torch.allclose(ref, base, atol=1e-5)
     with torch.no_grad():

@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from reliability_stats import record
+
 from stepsearch_lib.checkpoint import latest_checkpoint
 from stepsearch_lib.config import get_config
 from stepsearch_lib.retrieval import load_retriever

@@ -1,0 +1,130 @@
+"""``stepsearch study``: the cpu study -- StePPO vs global-reward PPO from one warm start, paired seeds.
+
+Phases, each resumable and each runnable for any subset (``--arms``, ``--seeds``, ``--lrs``):
+
+* ``warm``  both warm starts -- demonstrations searching with gold sub-question queries (``gold``) and with the
+  question's own words (``question``) -- trained from seed 0 and checked on the same dev questions (format rate,
+  search rate, searches, search-key score, F1) -> ``results/cpu_study/warm_starts.csv``. The study starts from
+  ``train.sft_queries`` (``question``: query quality has room to grow, which is what step rewards teach).
+* ``pilot`` StePPO at each actor learning rate of ``--lrs`` for ``PILOT_STEPS`` updates from the study's warm start
+  -> ``results/cpu_study/pilot/<run>.jsonl``.
+* ``train`` every arm x seed for ``train.steps`` updates of ``train.questions_per_step`` questions (``STUDY``), the
+  same warm start for all, seeds paired across arms (the same seed draws the same questions at every step)
+  -> ``results/cpu_study/metrics/<run>.jsonl`` after every piece (``--stop-after K`` runs up to update K).
+
+Run folders live under ``runs/<profile>/checkpoints/<algo>-<reward>-s<seed>-study`` (pilot: ``-pilot-lr<lr>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from .cli import add_config_args, door
+from .config import get_config
+from .fileio import atomic_path, write_csv
+from .overrides import parse_cli_overrides
+from .paths import PROJECT_ROOT
+from .sft import ensure_warm_start
+from .train import train
+
+RESULTS = PROJECT_ROOT / "results" / "cpu_study"
+"""Committed study results (small files: CSV, metrics JSONL, predictions)."""
+
+STUDY = {
+    "train.steps": 60,  # x 8 questions = 480 training episodes per run
+    "train.questions_per_step": 8,
+    "train.sft_queries": "question",  # the warm start with headroom (see the `warm` phase)
+    "train.save_every": 5,
+    "reward.fidelity": "released",
+}
+"""The study's settings over the profile (the caller's ``--set`` wins)."""
+
+ARMS = {"steppo": ("steppo", "full"), "ppo": ("ppo", "global_only"), "grpo": ("grpo", "full")}
+"""arm -> (algorithm, reward configuration)."""
+
+WARM_SEED = 0
+"""Every run starts from the warm start trained with this seed: arms differ only in what RL does."""
+
+PILOT_STEPS = 15
+PILOT_LRS = (2e-5, 5e-5, 1e-4)
+
+
+def study_config(profile: str, overrides: dict | None = None, seed: int = 0):
+    return get_config(profile, {**STUDY, **(overrides or {})}, seed=seed)
+
+
+def warm_start_adapter(profile: str, overrides: dict | None = None) -> Path:
+    """The study's warm start (trained now unless a saved one with the same settings exists)."""
+    return Path(ensure_warm_start(study_config(profile, overrides, WARM_SEED))["adapter"])
+
+
+def compare_warm_starts(profile: str, overrides: dict | None = None) -> Path:
+    """Train (or reuse) both warm starts and write their dev-question rates side by side."""
+    rows = []
+    for queries in ("gold", "question"):
+        cfg = study_config(profile, {**(overrides or {}), "train.sft_queries": queries}, WARM_SEED)
+        report = ensure_warm_start(cfg)
+        for when in ("before", "after"):
+            r = report[when]
+            rows.append({"warm_start": queries, "when": when, "questions": r["questions"],
+                         "format_ok": r["format_ok"], "searched": r["searched"],
+                         "searches_per_question": r["searches_per_question"],
+                         "search_key": r.get("search_key", float("nan")), "answer_f1": r["answer_f1"],
+                         "train_s": report["train_s"], "adapter": Path(report["adapter"]).name})
+    return write_csv(RESULTS / "warm_starts.csv", rows)
+
+
+def publish_metrics(path: Path, folder: str) -> Path:
+    """Copy a run's metrics JSONL into ``results/cpu_study/<folder>/`` (atomic)."""
+    target = RESULTS / folder / Path(path).name
+    with atomic_path(target) as tmp:
+        shutil.copyfile(path, tmp)
+    return target
+
+
+def run_arm(profile: str, arm: str, seed: int, overrides: dict | None = None, stop_after: int | None = None) -> Path:
+    algo, reward = ARMS[arm]
+    cfg = study_config(profile, overrides, seed)
+    cfg = replace(cfg, train=replace(cfg.train, init_adapter=str(warm_start_adapter(profile, overrides))))
+    return publish_metrics(train(cfg, algo, reward, tag="study", stop_after=stop_after), "metrics")
+
+
+def run_pilot(profile: str, lr: float, overrides: dict | None = None) -> Path:
+    cfg = study_config(profile, {**(overrides or {}), "ppo.actor_lr": lr}, 0)
+    cfg = replace(cfg, train=replace(cfg.train, init_adapter=str(warm_start_adapter(profile, overrides))))
+    return publish_metrics(train(cfg, "steppo", "full", steps=PILOT_STEPS, tag=f"pilot-lr{lr:g}"), "pilot")
+
+
+@door
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description="The cpu study: StePPO vs PPO from one warm start, paired seeds (phases warm, pilot, train).",
+        epilog="examples:\n  stepsearch study --phase warm\n  stepsearch study --phase pilot --lrs 5e-5\n"
+               "  stepsearch study --phase train --arms steppo --seeds 0 --stop-after 20   (make study ARMS=steppo SEEDS=0)",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(ap)
+    ap.add_argument("--phase", choices=("warm", "pilot", "train"), required=True)
+    ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=["steppo", "ppo"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--lrs", nargs="+", type=float, default=list(PILOT_LRS), help="pilot actor learning rates")
+    ap.add_argument("--stop-after", type=int, default=None, metavar="K", help="train: stop each run after update K")
+    args = ap.parse_args(argv)
+    overrides = parse_cli_overrides(args.set)
+    if args.phase == "warm":
+        print(f"warm starts: {compare_warm_starts(args.profile, overrides)}")
+    elif args.phase == "pilot":
+        for lr in args.lrs:
+            print(f"pilot lr {lr:g}: {run_pilot(args.profile, lr, overrides)}", flush=True)
+    else:
+        for seed in args.seeds:  # seed-major: a partial study still has both arms of its first seeds
+            for arm in args.arms:
+                print(f"{arm} seed {seed}: {run_arm(args.profile, arm, seed, overrides, args.stop_after)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
