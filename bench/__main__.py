@@ -4,9 +4,15 @@ import sys
 
 from bench import ann, fast_rl, report, retrieval, rewards, rollout, training, update_profile
 
-ALL = {"rewards": rewards.run, "retrieval": retrieval.run, "ann": ann.run, "rollout": rollout.run,
-       "training": training.run, "rl": fast_rl.run,
-       "update": update_profile.run}
+ALL = {
+    "rewards": rewards.run,
+    "retrieval": retrieval.run,
+    "ann": ann.run,
+    "rollout": rollout.run,
+    "training": training.run,
+    "rl": fast_rl.run,
+    "update": update_profile.run,
+}
 
 names = sys.argv[1:] or list(ALL)
 unknown = [n for n in names if n not in ALL]

@@ -51,16 +51,26 @@ def sweep(emb: np.ndarray, q: np.ndarray, truth: np.ndarray, flat_qps: float, sw
         for v in values:
             set_param(index, param, v)
             ids, s = timed(_search_all, index, q, repeat=3)
-            rows.append({"index": factory, "param": param, "value": v, "qps": len(q) / s,
-                         "speedup_vs_flat": len(q) / s / flat_qps, "recall10_vs_flat": _overlap(ids, truth),
-                         "build_s": build_s, "index_mb": mb})
+            rows.append(
+                {
+                    "index": factory,
+                    "param": param,
+                    "value": v,
+                    "qps": len(q) / s,
+                    "speedup_vs_flat": len(q) / s / flat_qps,
+                    "recall10_vs_flat": _overlap(ids, truth),
+                    "build_s": build_s,
+                    "index_mb": mb,
+                }
+            )
     return rows
 
 
 def frontier(rows: list[dict]) -> list[dict]:
     """The Pareto set: no other point is both faster and more accurate."""
-    return [r for r in rows if not any(o["qps"] > r["qps"] and o["recall10_vs_flat"] >= r["recall10_vs_flat"]
-                                       for o in rows)]
+    return [
+        r for r in rows if not any(o["qps"] > r["qps"] and o["recall10_vs_flat"] >= r["recall10_vs_flat"] for o in rows)
+    ]
 
 
 def run(profile: str = "cpu", n_queries: int = 512) -> dict:
@@ -76,10 +86,17 @@ def run(profile: str = "cpu", n_queries: int = 512) -> dict:
     rows = sweep(emb, q, truth, flat_qps)
     ok = [r for r in rows if r["recall10_vs_flat"] >= GOAL_RECALL]
     best = max(ok, key=lambda r: r["qps"]) if ok else None
-    result = {"corpus": len(passages), "queries": len(q), "batch": BATCH, "flat_qps": flat_qps, "rows": rows,
-              "frontier": sorted(frontier(rows), key=lambda r: r["qps"]), "best_at_goal_recall": best,
-              "goal": f"an ANN index >= {GOAL_SPEEDUP:g}x Flat QPS at recall@10 >= {GOAL_RECALL}",
-              "goal_met": bool(best and best["speedup_vs_flat"] >= GOAL_SPEEDUP)}
+    result = {
+        "corpus": len(passages),
+        "queries": len(q),
+        "batch": BATCH,
+        "flat_qps": flat_qps,
+        "rows": rows,
+        "frontier": sorted(frontier(rows), key=lambda r: r["qps"]),
+        "best_at_goal_recall": best,
+        "goal": f"an ANN index >= {GOAL_SPEEDUP:g}x Flat QPS at recall@10 >= {GOAL_RECALL}",
+        "goal_met": bool(best and best["speedup_vs_flat"] >= GOAL_SPEEDUP),
+    }
     save("ann", result)
     return result
 

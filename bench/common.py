@@ -17,9 +17,15 @@ OUT_DIR = Path(os.environ.get("STEPSEARCH_BENCH_DIR", PROJECT_ROOT / "runs" / "b
 def machine() -> dict:
     import torch
 
-    return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(), "python": platform.python_version(),
-            "torch": torch.__version__, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return {
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
 
 
 def timed(fn, *args, repeat: int = 1, **kwargs):
@@ -33,8 +39,9 @@ def timed(fn, *args, repeat: int = 1, **kwargs):
 
 
 def save(name: str, result: dict) -> Path:
-    path = write_json(OUT_DIR / f"{name}.json", {"benchmark": name, "machine": machine(),
-                                                 "peak_rss_mb": peak_rss_mb(), **result})
+    path = write_json(
+        OUT_DIR / f"{name}.json", {"benchmark": name, "machine": machine(), "peak_rss_mb": peak_rss_mb(), **result}
+    )
     print(f"[bench] {name}: {path}")
     return path
 

@@ -46,8 +46,13 @@ from stepsearch_lib.train import build_models, set_activation_checkpointing, tra
 RESULTS = PROJECT_ROOT / "bench" / "results"
 """Committed results of this benchmark (small JSON)."""
 
-GOALS = {"rollout_speedup_b16": 5.0, "rollout_roofline_fraction_b16": 0.4, "update_speedup": 4.0,
-         "rl_step_s_8q": 45.0, "steppo_over_ppo": 1.1}
+GOALS = {
+    "rollout_speedup_b16": 5.0,
+    "rollout_roofline_fraction_b16": 0.4,
+    "update_speedup": 4.0,
+    "rl_step_s_8q": 45.0,
+    "steppo_over_ppo": 1.1,
+}
 """Issue 17's goals (>= for the first three, <= for the last two)."""
 
 
@@ -58,9 +63,16 @@ def records_from_musique(cfg, n: int) -> list[dict]:
         subs = resolved_sub_questions(r)
         if not subs or any(s.paragraph is None for s in subs):
             continue
-        out.append({"id": r.id, "question": r.question, "final_answer": r.answers[0], "answer_aliases": r.answers[1:],
-                    "sub_searchs": [[s.question] for s in subs],
-                    "sub_support_docs": [{"title": s.paragraph.title, "paragraph_text": s.paragraph.text} for s in subs]})
+        out.append(
+            {
+                "id": r.id,
+                "question": r.question,
+                "final_answer": r.answers[0],
+                "answer_aliases": r.answers[1:],
+                "sub_searchs": [[s.question] for s in subs],
+                "sub_support_docs": [{"title": s.paragraph.title, "paragraph_text": s.paragraph.text} for s in subs],
+            }
+        )
     return out[:n]
 
 
@@ -75,12 +87,16 @@ def roofline(params: int, batch: int = 16) -> dict:
     """Tokens/s bound of one decode step of ``batch`` rows with bf16 weights: max(compute, weight traffic)."""
     a = torch.randn(2048, 2048, dtype=torch.bfloat16)
     _, s = timed(torch.matmul, a, a, repeat=5)
-    flops = 2 * 2048 ** 3 / s
+    flops = 2 * 2048**3 / s
     bw = memory_bandwidth_gbs() * 1e9
     step_s = max(batch * 2 * params / flops, 2 * params / bw)
-    return {"gemm_bf16_gflops": flops / 1e9, "memory_bandwidth_gbs": bw / 1e9, "params": params,
-            "bound_tokens_per_s": batch / step_s, "bound": "compute" if batch * 2 * params / flops > 2 * params / bw
-            else "memory"}
+    return {
+        "gemm_bf16_gflops": flops / 1e9,
+        "memory_bandwidth_gbs": bw / 1e9,
+        "params": params,
+        "bound_tokens_per_s": batch / step_s,
+        "bound": "compute" if batch * 2 * params / flops > 2 * params / bw else "memory",
+    }
 
 
 def rollout_rate(model, tok, records, retriever, cfg, **rollout) -> tuple[dict, list]:
@@ -89,9 +105,15 @@ def rollout_rate(model, tok, records, retriever, cfg, **rollout) -> tuple[dict, 
     trajs = rollout_from_config(model, tok, [r["question"] for r in records], retriever, rcfg, seed=0)
     s = time.perf_counter() - t0
     generated = sum(sum(t.loss_mask) for t in trajs)
-    return {**rollout, "questions": len(records), "seconds": s, "generated_tokens": generated,
-            "tokens_per_s": generated / s, "searches_per_question": sum(t.num_searches for t in trajs) / len(trajs),
-            "response_tokens": sum(len(t.response_ids) for t in trajs) / len(trajs)}, trajs
+    return {
+        **rollout,
+        "questions": len(records),
+        "seconds": s,
+        "generated_tokens": generated,
+        "tokens_per_s": generated / s,
+        "searches_per_question": sum(t.num_searches for t in trajs) / len(trajs),
+        "response_tokens": sum(len(t.response_ids) for t in trajs) / len(trajs),
+    }, trajs
 
 
 def timed_update(models, batch, ppo, compute: str, checkpointing: bool) -> tuple[float, dict]:
@@ -116,19 +138,32 @@ def run(profile: str = "cpu", n_questions: int = 16, baseline_questions: int = 4
     snapshot = [{k: v.clone() for k, v in m.state_dict().items()} for m in (actor, models[1])]
 
     # ---- rollout: KV engine at batch 16 vs per-sample HF generate, same loop, same sampling
-    kv, trajs = rollout_rate(actor, tok, records, retriever, cfg, engine="kv", batch_size=16, generation_dtype="bfloat16")
+    kv, trajs = rollout_rate(
+        actor, tok, records, retriever, cfg, engine="kv", batch_size=16, generation_dtype="bfloat16"
+    )
     kv_autocast, _ = rollout_rate(actor, tok, records, retriever, cfg, engine="kv", batch_size=16)
-    base, _ = rollout_rate(actor, tok, records[:baseline_questions], retriever, replace(
-        cfg, model=replace(cfg.model, compute_dtype="float32")), engine="hf", batch_size=1)
+    base, _ = rollout_rate(
+        actor,
+        tok,
+        records[:baseline_questions],
+        retriever,
+        replace(cfg, model=replace(cfg.model, compute_dtype="float32")),
+        engine="hf",
+        batch_size=1,
+    )
     params = sum(p.numel() for n, p in actor.named_parameters() if "lora_" not in n)
     roof = roofline(params)
 
     # ---- one update of 8 real trajectories: new path vs the float32 path of before, same weights
     eight = trajs[:8]
-    scored = [score_trajectory(t.response_text(tok), t.queries, t.step_docs, reward_cfg=cfg.reward, **gold_of(r))
-              for t, r in zip(eight, records[:8])]
-    batches = {"steppo": build_batch(eight, scored, tok.pad_token_id, True),
-               "ppo": build_batch(eight, scored, tok.pad_token_id, False)}
+    scored = [
+        score_trajectory(t.response_text(tok), t.queries, t.step_docs, reward_cfg=cfg.reward, **gold_of(r))
+        for t, r in zip(eight, records[:8])
+    ]
+    batches = {
+        "steppo": build_batch(eight, scored, tok.pad_token_id, True),
+        "ppo": build_batch(eight, scored, tok.pad_token_id, False),
+    }
     before = replace(batches["steppo"], old_logprobs=None)  # before: old log-probs recomputed by a no-grad pass
     threshold = cfg.train.checkpoint_above_tokens
     mb_tokens = batches["steppo"].input_ids.shape[1] * min(cfg.ppo.minibatch_size, 8)
@@ -168,20 +203,34 @@ def run(profile: str = "cpu", n_questions: int = 16, baseline_questions: int = 4
         "rollout_speedup_b16": kv["tokens_per_s"] / base["tokens_per_s"],
         "rollout_roofline_fraction_b16": kv["tokens_per_s"] / roof["bound_tokens_per_s"],
         "update_speedup": min(times["fp32"]) / min(times["new"]),
-        "update_loss_difference": {k: abs(losses["new"][k] - losses["fp32"][k])
-                                   for k in ("losses/policy", "losses/value", "losses/entropy")},
+        "update_loss_difference": {
+            k: abs(losses["new"][k] - losses["fp32"][k]) for k in ("losses/policy", "losses/value", "losses/entropy")
+        },
         "rl_step_s_8q": statistics.median(step_s),
         "steppo_over_ppo": min(times["new"]) / min(times["new_ppo"]),
-        "torch_threads": torch.get_num_threads(), "cpu_model": cpu_model, "peak_rss_mb": peak_rss_mb(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_model": cpu_model,
+        "peak_rss_mb": peak_rss_mb(),
         "goals": GOALS,
     }
-    detail = {"policy": cfg.model.policy, "warm_start": warm, "questions": len(records), "rollout": {
-        "kv_b16_bf16_copy": kv, "kv_b16_autocast": kv_autocast, "hf_b1_float32": base}, "roofline_b16": roof,
-        "update": {"seconds": times, "losses": losses, "minibatch_tokens": mb_tokens,
-                   "checkpointing_new_path": mb_tokens > threshold, "sequence_tokens": int(before.input_ids.shape[1]),
-                   "trainable_tokens": int(before.action_mask.sum())},
-        "rl_steps": [{k: v for k, v in r.items() if k.startswith(("time/", "rollout/", "memory/", "losses/ratio"))}
-                     for r in rows]}
+    detail = {
+        "policy": cfg.model.policy,
+        "warm_start": warm,
+        "questions": len(records),
+        "rollout": {"kv_b16_bf16_copy": kv, "kv_b16_autocast": kv_autocast, "hf_b1_float32": base},
+        "roofline_b16": roof,
+        "update": {
+            "seconds": times,
+            "losses": losses,
+            "minibatch_tokens": mb_tokens,
+            "checkpointing_new_path": mb_tokens > threshold,
+            "sequence_tokens": int(before.input_ids.shape[1]),
+            "trainable_tokens": int(before.action_mask.sum()),
+        },
+        "rl_steps": [
+            {k: v for k, v in r.items() if k.startswith(("time/", "rollout/", "memory/", "losses/ratio"))} for r in rows
+        ],
+    }
     write_json(RESULTS / "summary.json", summary)
     write_json(RESULTS / "fast_rl.json", detail)
     print(f"[bench] fast_rl: {RESULTS / 'summary.json'}")

@@ -33,7 +33,7 @@ def _overlap(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _search_all(index, q: np.ndarray, k: int = 10) -> np.ndarray:
-    return np.concatenate([index.search(q[i:i + BATCH], k)[1] for i in range(0, len(q), BATCH)])
+    return np.concatenate([index.search(q[i : i + BATCH], k)[1] for i in range(0, len(q), BATCH)])
 
 
 def _faiss_row(name: str, emb: np.ndarray, q: np.ndarray, truth: np.ndarray | None) -> tuple[dict, np.ndarray]:
@@ -41,9 +41,13 @@ def _faiss_row(name: str, emb: np.ndarray, q: np.ndarray, truth: np.ndarray | No
 
     index, build_s = timed(build_faiss, emb, name)
     ids, search_s = timed(_search_all, index, q, repeat=3)
-    return {"index": name, "build_s": build_s, "qps": len(q) / search_s,
-            "index_mb": faiss.serialize_index(index).nbytes / 2**20,
-            "recall10_vs_flat": 1.0 if truth is None else _overlap(ids, truth)}, ids
+    return {
+        "index": name,
+        "build_s": build_s,
+        "qps": len(q) / search_s,
+        "index_mb": faiss.serialize_index(index).nbytes / 2**20,
+        "recall10_vs_flat": 1.0 if truth is None else _overlap(ids, truth),
+    }, ids
 
 
 def _gold_recall(hits_ids: list[list[str]], gold: list[set[str]]) -> float:
@@ -52,11 +56,16 @@ def _gold_recall(hits_ids: list[list[str]], gold: list[set[str]]) -> float:
 
 def _ranker_row(label: str, retriever, queries: list[str], gold: list[set[str]], flat_ids: list[list[str]]) -> dict:
     """End-to-end QPS (batches of BATCH) and recall@10 of any `Retriever` (BM25, hybrid, HTTP)."""
-    hits, s = timed(lambda: [h for i in range(0, len(queries), BATCH)
-                             for h in retriever.batch_search(queries[i:i + BATCH], 10)])
+    hits, s = timed(
+        lambda: [h for i in range(0, len(queries), BATCH) for h in retriever.batch_search(queries[i : i + BATCH], 10)]
+    )
     ids = [[h.passage.id for h in hs] for hs in hits]
-    return {"index": label, "qps": len(queries) / s, "gold_recall10": _gold_recall(ids, gold),
-            "recall10_vs_flat": float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, flat_ids)]))}
+    return {
+        "index": label,
+        "qps": len(queries) / s,
+        "gold_recall10": _gold_recall(ids, gold),
+        "recall10_vs_flat": float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, flat_ids)])),
+    }
 
 
 def _free_port() -> int:
@@ -73,8 +82,10 @@ def run(profile: str = "cpu", n_queries: int = 512, synthetic_max: int = 200_000
     key_to_id = {passage_key(p.title, p.text): p.id for p in passages}
     records = [r for recs in load_eval_sets(cfg).values() for r in recs if r.gold_paragraphs][:n_queries]
     queries = [r.question for r in records]
-    gold = [{key_to_id[k] for k in (passage_key(p.title, p.text) for p in r.gold_paragraphs) if k in key_to_id}
-            for r in records]
+    gold = [
+        {key_to_id[k] for k in (passage_key(p.title, p.text) for p in r.gold_paragraphs) if k in key_to_id}
+        for r in records
+    ]
     q, enc_s = timed(encoder.encode_queries, queries)
     q = np.asarray(q, dtype="float32")
     rows, truth = [], None
@@ -90,9 +101,21 @@ def run(profile: str = "cpu", n_queries: int = 512, synthetic_max: int = 200_000
         rows.append(_ranker_row(label, retriever, queries, gold, flat_ids))
 
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "stepsearch_lib.server", "--index", str(cfg.path("index", "dense")),
-                             "--port", str(port), "--max-queries", str(BATCH)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "stepsearch_lib.server",
+            "--index",
+            str(cfg.path("index", "dense")),
+            "--port",
+            str(port),
+            "--max-queries",
+            str(BATCH),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         remote = RemoteRetriever(f"http://127.0.0.1:{port}/retrieve", timeout_s=60)
         deadline = time.monotonic() + 300
@@ -128,10 +151,16 @@ def run(profile: str = "cpu", n_queries: int = 512, synthetic_max: int = 200_000
             scaling.append({"source": "synthetic", "n": n, **row})
     ann = [r for r in rows if r["index"] in FACTORIES[1:]]
     flat_qps = rows[0]["qps"]
-    result = {"corpus": len(passages), "queries": len(queries), "batch": BATCH, "encode_qps": len(queries) / enc_s,
-              "rows": rows, "scaling": scaling,
-              "goal_met": any(r["qps"] >= 10 * flat_qps and r["recall10_vs_flat"] >= 0.98 for r in ann),
-              "goal": "an ANN index >= 10x Flat QPS at recall@10 >= 0.98"}
+    result = {
+        "corpus": len(passages),
+        "queries": len(queries),
+        "batch": BATCH,
+        "encode_qps": len(queries) / enc_s,
+        "rows": rows,
+        "scaling": scaling,
+        "goal_met": any(r["qps"] >= 10 * flat_qps and r["recall10_vs_flat"] >= 0.98 for r in ann),
+        "goal": "an ANN index >= 10x Flat QPS at recall@10 >= 0.98",
+    }
     save("retrieval", result)
     return result
 

@@ -26,9 +26,15 @@ def run(profile: str = "cpu", n_records: int = 40) -> dict:
     fast_vals, fast_s = timed(score, True, repeat=3)
     ref_vals, ref_s = timed(score, False, repeat=1)
     diff = max((abs(a - b) for fv, rv in zip(fast_vals, ref_vals) for a, b in zip(fv, rv)), default=0.0)
-    result = {"trajectories": len(jobs), "search_steps": sum(len(d) for d, _ in jobs),
-              "fast_traj_per_s": len(jobs) / fast_s, "reference_traj_per_s": len(jobs) / ref_s,
-              "speedup": ref_s / fast_s, "max_abs_difference": diff, "goal": {"speedup": 20, "max_abs_difference": 1e-6}}
+    result = {
+        "trajectories": len(jobs),
+        "search_steps": sum(len(d) for d, _ in jobs),
+        "fast_traj_per_s": len(jobs) / fast_s,
+        "reference_traj_per_s": len(jobs) / ref_s,
+        "speedup": ref_s / fast_s,
+        "max_abs_difference": diff,
+        "goal": {"speedup": 20, "max_abs_difference": 1e-6},
+    }
     save("rewards", result)
     return result
 

@@ -31,8 +31,9 @@ def decode_tokens_per_s(model, tok, new_tokens: int = 128) -> float:
     with torch.no_grad():
         model.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
         t0 = time.perf_counter()
-        model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                       pad_token_id=tok.pad_token_id)
+        model.generate(
+            ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
+        )
     return new_tokens / (time.perf_counter() - t0)
 
 
@@ -54,20 +55,37 @@ def run(profile: str = "cpu", n_questions: int = 16, batches=(1, 4, 8, 16), bf16
             trajs = rollout_from_config(model, tok, questions, retriever, bcfg, greedy=True)
             s = time.perf_counter() - t0
             generated = sum(sum(t.loss_mask) for t in trajs)
-            rows.append({"batch": b, "generation_dtype": dtype or "float32", "seconds": s,
-                         "generated_tokens": generated, "tokens_per_s": generated / s,
-                         "searches_per_question": sum(t.num_searches for t in trajs) / len(trajs)})
+            rows.append(
+                {
+                    "batch": b,
+                    "generation_dtype": dtype or "float32",
+                    "seconds": s,
+                    "generated_tokens": generated,
+                    "tokens_per_s": generated / s,
+                    "searches_per_question": sum(t.num_searches for t in trajs) / len(trajs),
+                }
+            )
     for r in rows:
         r["speedup_vs_batch1"] = r["tokens_per_s"] / rows[0]["tokens_per_s"]
     bw = memory_bandwidth_gbs()
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     decode = decode_tokens_per_s(model, tok)
     bound = bw * 1e9 / weight_bytes
-    result = {"policy": cfg.model.policy, "warm_start": warm, "questions": len(questions),
-              "max_new_tokens": cfg.rollout.max_new_tokens, "rows": rows,
-              "decode": {"tokens_per_s": decode, "memory_bandwidth_gbs": bw, "weight_mb": weight_bytes / 2**20,
-                         "bound_tokens_per_s": bound, "fraction_of_bound": decode / bound},
-              "goal": {"speedup_at_16": 5, "fraction_of_bound": 0.5}}
+    result = {
+        "policy": cfg.model.policy,
+        "warm_start": warm,
+        "questions": len(questions),
+        "max_new_tokens": cfg.rollout.max_new_tokens,
+        "rows": rows,
+        "decode": {
+            "tokens_per_s": decode,
+            "memory_bandwidth_gbs": bw,
+            "weight_mb": weight_bytes / 2**20,
+            "bound_tokens_per_s": bound,
+            "fraction_of_bound": decode / bound,
+        },
+        "goal": {"speedup_at_16": 5, "fraction_of_bound": 0.5},
+    }
     save("rollout", result)
     return result
 

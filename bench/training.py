@@ -41,16 +41,23 @@ def make_batches(cfg, n: int) -> dict[str, PPOBatch]:
     actor, _critic, tok, *_ = build_models(cfg)
     records = read_stepsearch(cfg.path("data", "stepsearch_train.jsonl"))[:n]
     trajs = rollout_from_config(actor, tok, [r["question"] for r in records], profile_retriever(cfg), cfg, seed=1)
-    scored = [score_trajectory(t.response_text(tok), t.queries, t.step_docs, reward_cfg=cfg.reward, **gold_of(r))
-              for t, r in zip(trajs, records)]
-    return {"steppo": build_batch(trajs, scored, tok.pad_token_id, True),
-            "ppo": build_batch(trajs, scored, tok.pad_token_id, False)}
+    scored = [
+        score_trajectory(t.response_text(tok), t.queries, t.step_docs, reward_cfg=cfg.reward, **gold_of(r))
+        for t, r in zip(trajs, records)
+    ]
+    return {
+        "steppo": build_batch(trajs, scored, tok.pad_token_id, True),
+        "ppo": build_batch(trajs, scored, tok.pad_token_id, False),
+    }
 
 
 def save_batches(batches: dict[str, PPOBatch], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {f"{k}.{f}": getattr(b, f).contiguous() for k, b in batches.items()
-               for f in ("input_ids", "attention_mask", "action_mask", "token_rewards")}
+    tensors = {
+        f"{k}.{f}": getattr(b, f).contiguous()
+        for k, b in batches.items()
+        for f in ("input_ids", "attention_mask", "action_mask", "token_rewards")
+    }
     meta = {k: json.dumps(b.response_start) for k, b in batches.items()}
     save_file(tensors, str(path), metadata=meta)
 
@@ -61,8 +68,16 @@ def load_batches(path: Path) -> dict[str, PPOBatch]:
     t = load_file(str(path))
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
-    return {k: PPOBatch(t[f"{k}.input_ids"], t[f"{k}.attention_mask"], t[f"{k}.action_mask"], t[f"{k}.token_rewards"],
-                        json.loads(meta[k])) for k in meta}
+    return {
+        k: PPOBatch(
+            t[f"{k}.input_ids"],
+            t[f"{k}.attention_mask"],
+            t[f"{k}.action_mask"],
+            t[f"{k}.token_rewards"],
+            json.loads(meta[k]),
+        )
+        for k in meta
+    }
 
 
 def timed_update(cfg, batch: PPOBatch, models=None) -> tuple[float, dict]:
@@ -75,8 +90,10 @@ def timed_update(cfg, batch: PPOBatch, models=None) -> tuple[float, dict]:
 def _restore(models, snapshot):
     actor, critic, _tok, opt_a, opt_c = models
     with torch.no_grad():
-        for p, v in zip([p for g in opt_a.param_groups for p in g["params"]] +
-                        [p for g in opt_c.param_groups for p in g["params"]], snapshot):
+        for p, v in zip(
+            [p for g in opt_a.param_groups for p in g["params"]] + [p for g in opt_c.param_groups for p in g["params"]],
+            snapshot,
+        ):
             p.copy_(v)
     opt_a.state.clear()
     opt_c.state.clear()
@@ -104,23 +121,48 @@ def run(profile: str = "cpu", n: int = 4, repeats: int = 2) -> dict:
     full = batches["steppo"].input_ids.shape[1]
     for length in sorted({min(full, x) for x in (256, 512, 1024, full)}):
         b = batches["steppo"]
-        cut = PPOBatch(b.input_ids[:, :length], b.attention_mask[:, :length], b.action_mask[:, :length],
-                       b.token_rewards[:, :length], b.response_start)
+        cut = PPOBatch(
+            b.input_ids[:, :length],
+            b.attention_mask[:, :length],
+            b.action_mask[:, :length],
+            b.token_rewards[:, :length],
+            b.response_start,
+        )
         _restore(models, snapshot)
         by_length.append({"tokens": length, "update_s": timed_update(cfg, cut, models)[0]})
     del models
     variants = []
     for q4 in (False, True):
         for critic in ("shared", "separate"):
-            out = subprocess.run([sys.executable, "-m", "bench.training", "--profile", profile, "--variant",
-                                  json.dumps({"load_in_4bit": q4, "critic": critic})],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.training",
+                    "--profile",
+                    profile,
+                    "--variant",
+                    json.dumps({"load_in_4bit": q4, "critic": critic}),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             variants.append(json.loads(out.stdout.strip().splitlines()[-1]))
     stepppo_s, ppo_s = min(times["steppo"]), min(times["ppo"])
-    result = {"policy": cfg.model.policy, "trajectories": n, "sequence_tokens": full,
-              "trainable_tokens": int(batches["steppo"].action_mask.sum()),
-              "steppo_update_s": stepppo_s, "ppo_update_s": ppo_s, "ratio": stepppo_s / ppo_s, "repeats": times,
-              "by_length": by_length, "variants": variants, "goal": {"ratio": 1.3}}
+    result = {
+        "policy": cfg.model.policy,
+        "trajectories": n,
+        "sequence_tokens": full,
+        "trainable_tokens": int(batches["steppo"].action_mask.sum()),
+        "steppo_update_s": stepppo_s,
+        "ppo_update_s": ppo_s,
+        "ratio": stepppo_s / ppo_s,
+        "repeats": times,
+        "by_length": by_length,
+        "variants": variants,
+        "goal": {"ratio": 1.3},
+    }
     save("training", result)
     return result
 

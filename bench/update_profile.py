@@ -123,11 +123,18 @@ def run() -> dict:
     flops = tokens * (2 * (2 * n_body) + 4 * n_body + 4 * n_body) + tokens * (2 * n_head + 4 * n_head)
     rate = gemm_gflops()
     result = {
-        "torch_threads": torch.get_num_threads(), "lengths": list(LENGTHS), "real_tokens": tokens,
-        "padded_tokens": len(LENGTHS) * max(LENGTHS), "phases": phases, "update_seconds": seconds,
+        "torch_threads": torch.get_num_threads(),
+        "lengths": list(LENGTHS),
+        "real_tokens": tokens,
+        "padded_tokens": len(LENGTHS) * max(LENGTHS),
+        "phases": phases,
+        "update_seconds": seconds,
         "trim_speedup": min(seconds["untrimmed"]) / min(seconds["trimmed"]),
-        "losses": losses, "gemm_bf16_gflops": rate, "matmul_tflop": flops / 1e12,
-        "matmul_floor_s": flops / (rate * 1e9), "fraction_of_floor": flops / (rate * 1e9) / min(seconds["trimmed"]),
+        "losses": losses,
+        "gemm_bf16_gflops": rate,
+        "matmul_tflop": flops / 1e12,
+        "matmul_floor_s": flops / (rate * 1e9),
+        "fraction_of_floor": flops / (rate * 1e9) / min(seconds["trimmed"]),
     }
     write_json(RESULTS / "update_profile.json", result)
     print(f"[bench] update_profile: {RESULTS / 'update_profile.json'}")

@@ -28,8 +28,11 @@ answers without loading torch."""
 def usage() -> str:
     width = max(map(len, STAGES))
     lines = [f"  {name:<{width}}  {text}" for name, (_, text) in STAGES.items()]
-    return ("usage: stepsearch <stage> [--profile P] [--seed S] [--set SECTION.FIELD=VALUE ...]\n\nstages, in order:\n"
-            + "\n".join(lines) + "\n\nexample: stepsearch construct --profile smoke && stepsearch train --profile smoke")
+    return (
+        "usage: stepsearch <stage> [--profile P] [--seed S] [--set SECTION.FIELD=VALUE ...]\n\nstages, in order:\n"
+        + "\n".join(lines)
+        + "\n\nexample: stepsearch construct --profile smoke && stepsearch train --profile smoke"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

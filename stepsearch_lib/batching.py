@@ -39,16 +39,21 @@ class PPOBatch:
         trajectories no longer pays for the longest one of the whole batch)."""
         i = torch.as_tensor(list(idx))
         w = int(self.attention_mask[i].sum(1).max()) if trim else self.input_ids.shape[1]
-        return PPOBatch(self.input_ids[i, :w], self.attention_mask[i, :w], self.action_mask[i, :w],
-                        self.token_rewards[i, :w], [self.response_start[j] for j in idx],
-                        None if self.response_mask is None else self.response_mask[i, :w],
-                        None if self.old_logprobs is None else self.old_logprobs[i, :w])
+        return PPOBatch(
+            self.input_ids[i, :w],
+            self.attention_mask[i, :w],
+            self.action_mask[i, :w],
+            self.token_rewards[i, :w],
+            [self.response_start[j] for j in idx],
+            None if self.response_mask is None else self.response_mask[i, :w],
+            None if self.old_logprobs is None else self.old_logprobs[i, :w],
+        )
 
     def length_sorted_chunks(self, size: int) -> list[list[int]]:
         """Row indices in chunks of ``size``, shortest sequences first: the no-grad passes over the whole
         batch run chunk by chunk, each trimmed to its own longest row."""
         order = sorted(range(len(self)), key=lambda b: int(self.attention_mask[b].sum()))
-        return [order[k:k + size] for k in range(0, len(order), size)]
+        return [order[k : k + size] for k in range(0, len(order), size)]
 
     def stats_mask(self, stats_tokens: str) -> torch.Tensor:
         """The mask of GAE, the whitening statistics and the value loss: ``response`` (released: every

@@ -29,8 +29,10 @@ def _load_trainable(module: torch.nn.Module, file: Path) -> None:
     tensors = load_file(str(file))
     params = {n: p for n, p in module.named_parameters() if p.requires_grad}
     if set(tensors) != set(params):
-        raise KeyError(f"{file}: trainable parameters differ from the model's "
-                       f"(missing {sorted(set(params) - set(tensors))[:3]}, unexpected {sorted(set(tensors) - set(params))[:3]})")
+        raise KeyError(
+            f"{file}: trainable parameters differ from the model's "
+            f"(missing {sorted(set(params) - set(tensors))[:3]}, unexpected {sorted(set(tensors) - set(params))[:3]})"
+        )
     with torch.no_grad():
         for name, value in tensors.items():
             params[name].copy_(value)
@@ -70,8 +72,10 @@ def load_policy_weights(path: Path, actor, skip: str = ".critic.") -> dict:
     tensors = {n: t for n, t in load_file(str(file)).items() if skip not in n}
     params = {n: p for n, p in actor.named_parameters() if p.requires_grad and skip not in n}
     if set(tensors) != set(params):
-        raise KeyError(f"{file}: policy parameters differ from the model's "
-                       f"(missing {sorted(set(params) - set(tensors))[:3]}, unexpected {sorted(set(tensors) - set(params))[:3]})")
+        raise KeyError(
+            f"{file}: policy parameters differ from the model's "
+            f"(missing {sorted(set(params) - set(tensors))[:3]}, unexpected {sorted(set(tensors) - set(params))[:3]})"
+        )
     with torch.no_grad():
         for name, value in tensors.items():
             params[name].copy_(value)

@@ -49,8 +49,13 @@ def add_config_args(ap) -> None:
     """The flags every entry point takes the same way: ``--profile``, ``--seed``, ``--set SECTION.FIELD=VALUE``."""
     ap.add_argument("--profile", default="cpu", help="smoke, cpu or gpu (default: cpu)")
     ap.add_argument("--seed", type=int, default=None, help="seed of every random generator (default: the config's, 0)")
-    ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                    help="config override, repeatable (e.g. --set train.questions_per_step=4)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="config override, repeatable (e.g. --set train.questions_per_step=4)",
+    )
 
 
 def config_from_args(args, extra: Mapping[str, Any] | None = None):
@@ -67,5 +72,7 @@ def fidelity_configs(profile: str, overrides: Mapping[str, Any] | None = None, s
     >>> {name: c.reward.redundancy_match for name, c in fidelity_configs("smoke").items()}
     {'released': 'same_rank', 'paper': 'any_rank'}
     """
-    return {name: get_config(profile, {**(overrides or {}), "reward.fidelity": name}, seed=seed)
-            for name in FIDELITY_PRESETS}
+    return {
+        name: get_config(profile, {**(overrides or {}), "reward.fidelity": name}, seed=seed)
+        for name in FIDELITY_PRESETS
+    }

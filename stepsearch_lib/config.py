@@ -368,7 +368,9 @@ def get_config(profile: str = "cpu", overrides: Mapping[str, Any] | None = None,
     probe = apply_overrides(apply_overrides(Config(profile=profile), PROFILES[profile]), merged)
     fidelity = probe.reward.fidelity
     if fidelity not in FIDELITY_PRESETS:
-        raise ValueError(f"config field 'reward.fidelity' must be one of {', '.join(FIDELITY_PRESETS)}, got {fidelity!r}")
+        raise ValueError(
+            f"config field 'reward.fidelity' must be one of {', '.join(FIDELITY_PRESETS)}, got {fidelity!r}"
+        )
     cfg = apply_overrides(apply_overrides(Config(profile=profile), FIDELITY_PRESETS[fidelity]), PROFILES[profile])
     cfg = apply_overrides(cfg, merged) if merged else cfg
     check_choices(cfg)

@@ -46,7 +46,9 @@ class Hop:
 
 def decompose(record: QuestionRecord) -> list[Hop]:
     """The hops of a question (empty when the source gives no way to decompose it)."""
-    if record.dataset == "musique" or (record.sub_questions and "#" in " ".join(s.question for s in record.sub_questions)):
+    if record.dataset == "musique" or (
+        record.sub_questions and "#" in " ".join(s.question for s in record.sub_questions)
+    ):
         return [Hop(s.question, s.answer, s.paragraph) for s in resolved_sub_questions(record)]
     if record.sub_questions:  # 2Wiki qa_pairs
         return [Hop(s.question, s.answer, s.paragraph) for s in record.sub_questions]
@@ -72,9 +74,13 @@ def _hotpot_hops(record: QuestionRecord) -> list[Hop]:
     attribute = " ".join(w for w in keyword_form(record.question).split() if w.lower() not in titles_words)
     if record.type == "comparison":
         return [Hop(f"{p.title} {attribute}".strip(), "", p) for p in (a, b)]
-    first, second = (b, a) if _mentions(record.question, b.title) and not _mentions(record.question, a.title) else (a, b)
-    return [Hop(record.question, second.title, first),
-            Hop(f"{second.title} {attribute}".strip(), record.answers[0], second)]
+    first, second = (
+        (b, a) if _mentions(record.question, b.title) and not _mentions(record.question, a.title) else (a, b)
+    )
+    return [
+        Hop(record.question, second.title, first),
+        Hop(f"{second.title} {attribute}".strip(), record.answers[0], second),
+    ]
 
 
 @dataclass
@@ -87,9 +93,15 @@ class ConstructionResult:
     """Counts at every stage (see `construct`)."""
 
 
-def construct(records: Sequence[QuestionRecord], writers: Sequence[QueryWriter], retrievers: Mapping[str, Retriever],
-              corpus: Sequence[Passage], topk: int = 5, min_retrievers: int = 1,
-              max_queries_per_hop: int = 8) -> ConstructionResult:
+def construct(
+    records: Sequence[QuestionRecord],
+    writers: Sequence[QueryWriter],
+    retrievers: Mapping[str, Retriever],
+    corpus: Sequence[Passage],
+    topk: int = 5,
+    min_retrievers: int = 1,
+    max_queries_per_hop: int = 8,
+) -> ConstructionResult:
     r"""Run the pipeline. ``counts`` keys: questions_in, questions_decomposed, hops,
     queries_written/<writer>, queries_kept/<writer>, query_hits/<retriever>, hops_kept, questions_kept,
     and dropped/<reason> for every question that leaves.
@@ -129,8 +141,10 @@ def construct(records: Sequence[QuestionRecord], writers: Sequence[QueryWriter],
 
     # filter: a query survives when enough retrievers put the hop's gold paragraph in their top-k
     texts = [c[3] for c in candidates]
-    hit_sets = {name: [{h.passage.id for h in row} for row in r.batch_search(texts, topk)] if texts else []
-                for name, r in retrievers.items()}
+    hit_sets = {
+        name: [{h.passage.id for h in row} for row in r.batch_search(texts, topk)] if texts else []
+        for name, r in retrievers.items()
+    }
     rows = []
     survivors: dict[tuple[int, int], list[str]] = {}
     for i, (qi, hi, writer, query) in enumerate(candidates):
@@ -142,8 +156,16 @@ def construct(records: Sequence[QuestionRecord], writers: Sequence[QueryWriter],
         counts[f"queries_kept/{writer}"] += kept
         if kept and query.lower() not in (s.lower() for s in survivors.get((qi, hi), [])):
             survivors.setdefault((qi, hi), []).append(query)
-        rows.append({"id": decomposed[qi][0].id, "hop": hi + 1, "writer": writer, "query": query,
-                     **{f"hit/{n}": h for n, h in hits.items()}, "kept": kept})
+        rows.append(
+            {
+                "id": decomposed[qi][0].id,
+                "hop": hi + 1,
+                "writer": writer,
+                "query": query,
+                **{f"hit/{n}": h for n, h in hits.items()},
+                "kept": kept,
+            }
+        )
 
     out = []
     for qi, (rec, hops, _) in enumerate(decomposed):
@@ -191,11 +213,19 @@ def make_writers(cfg, names: Sequence[str] | None = None) -> list[QueryWriter]:
         if name == "rules":
             writers.append(RuleWriter())
         elif name == "local_llm":
-            model, tok = load_policy(cfg.model.policy, dtype=cfg.model.dtype, cache_dir=cfg.cache_dir,
-                                     tiny_hidden_size=cfg.model.tiny_hidden_size, tiny_layers=cfg.model.tiny_layers,
-                                     seed=cfg.seed)
-            writers.append(LocalChatWriter(model, tok, batch_size=cfg.rollout.batch_size * 2,
-                                           max_items=cfg.data.construct_llm_max_hops))
+            model, tok = load_policy(
+                cfg.model.policy,
+                dtype=cfg.model.dtype,
+                cache_dir=cfg.cache_dir,
+                tiny_hidden_size=cfg.model.tiny_hidden_size,
+                tiny_layers=cfg.model.tiny_layers,
+                seed=cfg.seed,
+            )
+            writers.append(
+                LocalChatWriter(
+                    model, tok, batch_size=cfg.rollout.batch_size * 2, max_items=cfg.data.construct_llm_max_hops
+                )
+            )
         elif name == "openai":
             writers.append(OpenAIWriter())
         else:
@@ -203,8 +233,13 @@ def make_writers(cfg, names: Sequence[str] | None = None) -> list[QueryWriter]:
     return writers
 
 
-def run_construction(cfg, records: Sequence[QuestionRecord], writers: Sequence[QueryWriter],
-                     retrievers: Mapping[str, Retriever], corpus: Sequence[Passage]) -> tuple[ConstructionResult, dict]:
+def run_construction(
+    cfg,
+    records: Sequence[QuestionRecord],
+    writers: Sequence[QueryWriter],
+    retrievers: Mapping[str, Retriever],
+    corpus: Sequence[Passage],
+) -> tuple[ConstructionResult, dict]:
     """`construct`, then write ``runs/<p>/data/``: stepsearch_{train,dev}.jsonl + HF datasets,
     construction_queries.jsonl (every query with its hits) and construction_counts.json."""
     result = construct(records, writers, retrievers, corpus, cfg.data.construct_topk, cfg.data.construct_min_retrievers)
@@ -227,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description="Construct the StepSearch training data: decompose, write queries, keep those retrieval confirms.",
         epilog="example: stepsearch construct --profile smoke   (writes runs/smoke/data/stepsearch_{train,dev}.jsonl)",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_config_args(ap)
     cfg = config_from_args(ap.parse_args(argv))
     records = load_construct_questions(cfg)

@@ -77,13 +77,23 @@ def add_critic_adapter(actor, lora_spec, seed: int = 0) -> None:
     """Add the shared critic's LoRA adapter to the actor's peft model (seeded, actor stays active)."""
     from peft import LoraConfig
 
-    target = lora_spec.target if lora_spec.target == "all-linear" else [
-        t.strip() for t in lora_spec.target.split(",") if t.strip()]
+    target = (
+        lora_spec.target
+        if lora_spec.target == "all-linear"
+        else [t.strip() for t in lora_spec.target.split(",") if t.strip()]
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        actor.add_adapter(CRITIC_ADAPTER, LoraConfig(r=lora_spec.r, lora_alpha=lora_spec.alpha,
-                                                     lora_dropout=lora_spec.dropout, target_modules=target,
-                                                     task_type="CAUSAL_LM"))
+        actor.add_adapter(
+            CRITIC_ADAPTER,
+            LoraConfig(
+                r=lora_spec.r,
+                lora_alpha=lora_spec.alpha,
+                lora_dropout=lora_spec.dropout,
+                target_modules=target,
+                task_type="CAUSAL_LM",
+            ),
+        )
     for n, p in actor.named_parameters():  # add_adapter leaves the new adapter frozen until set active
         if f".{CRITIC_ADAPTER}." in n:
             p.requires_grad_(True)

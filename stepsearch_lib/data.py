@@ -73,9 +73,14 @@ class QuestionRecord:
             para = Paragraph(p["title"], p["text"]) if p and (p.get("title") or p.get("text")) else None
             subs.append(SubQuestion(sq["question"], sq["answer"], para))
         return cls(
-            id=d["id"], dataset=d["dataset"], question=d["question"], answers=list(d["answers"]),
+            id=d["id"],
+            dataset=d["dataset"],
+            question=d["question"],
+            answers=list(d["answers"]),
             gold_paragraphs=[Paragraph(p["title"], p["text"]) for p in d.get("gold_paragraphs") or []],
-            sub_questions=subs, type=d.get("type", ""), answerable=d.get("answerable", True),
+            sub_questions=subs,
+            type=d.get("type", ""),
+            answerable=d.get("answerable", True),
             source=d.get("source", ""),
         )
 
@@ -138,8 +143,9 @@ def detect_format(obj: dict[str, Any]) -> str:
     raise DataFormatError(f"unrecognised record with keys {sorted(obj)[:12]}; expected one of {FORMATS}")
 
 
-def load_questions(path: Path | str, fmt: str | None = None, dataset: str | None = None,
-                   limit: int = 0) -> list[QuestionRecord]:
+def load_questions(
+    path: Path | str, fmt: str | None = None, dataset: str | None = None, limit: int = 0
+) -> list[QuestionRecord]:
     """Read a question file in any supported format into normalised records.
 
     ``fmt`` is detected from the first record when not given; ``dataset`` defaults to the
@@ -189,25 +195,41 @@ def _parse_musique(obj, path, line, dataset) -> QuestionRecord:
             raise DataFormatError(f"{where(path, line)}: question_decomposition[{i}] must be an object")
         support = get(sq, "paragraph_support_idx", int, path, line, optional=True)
         if support is not None and support not in by_idx:
-            raise DataFormatError(f"{where(path, line)}: question_decomposition[{i}].paragraph_support_idx "
-                                  f"{support} names no paragraph")
-        subs.append(SubQuestion(get(sq, "question", str, path, line), get(sq, "answer", str, path, line),
-                                by_idx.get(support) if support is not None else None))
+            raise DataFormatError(
+                f"{where(path, line)}: question_decomposition[{i}].paragraph_support_idx {support} names no paragraph"
+            )
+        subs.append(
+            SubQuestion(
+                get(sq, "question", str, path, line),
+                get(sq, "answer", str, path, line),
+                by_idx.get(support) if support is not None else None,
+            )
+        )
     rid = _record_id(obj, path, line)
     aliases = get(obj, "answer_aliases", list, path, line, optional=True) or []
     return QuestionRecord(
-        id=rid, dataset=dataset, question=get(obj, "question", str, path, line),
+        id=rid,
+        dataset=dataset,
+        question=get(obj, "question", str, path, line),
         answers=_dedupe([get(obj, "answer", str, path, line), *map(str, aliases)]),
-        gold_paragraphs=gold, sub_questions=subs, type=rid.split("__")[0] if "__" in rid else "",
-        answerable=bool(obj.get("answerable", True)), source=where(path, line),
+        gold_paragraphs=gold,
+        sub_questions=subs,
+        type=rid.split("__")[0] if "__" in rid else "",
+        answerable=bool(obj.get("answerable", True)),
+        source=where(path, line),
     )
 
 
 def _context_paragraphs(obj, path, line, joiner: str) -> dict[str, Paragraph]:
     out: dict[str, Paragraph] = {}
     for i, item in enumerate(get(obj, "context", list, path, line)):
-        if (not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], str)
-                or not isinstance(item[1], list) or not all(isinstance(s, str) for s in item[1])):
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not isinstance(item[0], str)
+            or not isinstance(item[1], list)
+            or not all(isinstance(s, str) for s in item[1])
+        ):
             raise DataFormatError(f"{where(path, line)}: context[{i}] must be [title, [sentences...]]")
         out.setdefault(item[0], Paragraph(item[0], joiner.join(item[1])))
     return out
@@ -236,9 +258,13 @@ def _gold_from_context(obj, path, line, joiner) -> list[Paragraph]:
 def _parse_hotpotqa(obj, path, line, dataset) -> QuestionRecord:
     # HotpotQA sentences carry their own leading spaces: join with "".
     return QuestionRecord(
-        id=_record_id(obj, path, line), dataset=dataset, question=get(obj, "question", str, path, line),
-        answers=[get(obj, "answer", str, path, line)], gold_paragraphs=_gold_from_context(obj, path, line, ""),
-        type=str(obj.get("type") or ""), source=where(path, line),
+        id=_record_id(obj, path, line),
+        dataset=dataset,
+        question=get(obj, "question", str, path, line),
+        answers=[get(obj, "answer", str, path, line)],
+        gold_paragraphs=_gold_from_context(obj, path, line, ""),
+        type=str(obj.get("type") or ""),
+        source=where(path, line),
     )
 
 
@@ -260,9 +286,14 @@ def _parse_2wiki(obj, path, line, dataset) -> QuestionRecord:
     if not pairs:
         subs = _subs_from_evidences(evidences, gold, path, line)
     return QuestionRecord(
-        id=_record_id(obj, path, line), dataset=dataset, question=get(obj, "question", str, path, line),
-        answers=[get(obj, "answer", str, path, line)], gold_paragraphs=gold, sub_questions=subs,
-        type=str(obj.get("type") or ""), source=where(path, line),
+        id=_record_id(obj, path, line),
+        dataset=dataset,
+        question=get(obj, "question", str, path, line),
+        answers=[get(obj, "answer", str, path, line)],
+        gold_paragraphs=gold,
+        sub_questions=subs,
+        type=str(obj.get("type") or ""),
+        source=where(path, line),
     )
 
 
@@ -277,7 +308,8 @@ def _subs_from_evidences(evidences, gold: list[Paragraph], path, line) -> list[S
         subj, rel, obj = ev
         key = normalize_text(subj).lower()
         para = next((p for p in gold if normalize_text(p.title).lower() == key), None) or next(
-            (p for p in gold if normalize_text(p.title).lower().startswith(key)), None)
+            (p for p in gold if normalize_text(p.title).lower().startswith(key)), None
+        )
         subs.append(SubQuestion(f"What is the {rel} of {subj}?", obj, para))
     return subs
 
@@ -287,13 +319,15 @@ def _parse_flashrag(obj, path, line, dataset) -> QuestionRecord:
     if not answers or not all(isinstance(a, (str, int, float)) for a in answers):
         raise DataFormatError(f"{where(path, line)}: field 'golden_answers' must be a non-empty list of strings")
     return QuestionRecord(
-        id=_record_id(obj, path, line), dataset=dataset, question=get(obj, "question", str, path, line),
-        answers=_dedupe([str(a) for a in answers]), source=where(path, line),
+        id=_record_id(obj, path, line),
+        dataset=dataset,
+        question=get(obj, "question", str, path, line),
+        answers=_dedupe([str(a) for a in answers]),
+        source=where(path, line),
     )
 
 
-_PARSERS = {"musique": _parse_musique, "hotpotqa": _parse_hotpotqa, "2wiki": _parse_2wiki,
-            "flashrag": _parse_flashrag}
+_PARSERS = {"musique": _parse_musique, "hotpotqa": _parse_hotpotqa, "2wiki": _parse_2wiki, "flashrag": _parse_flashrag}
 
 
 def _dedupe(items: Iterable[str]) -> list[str]:
@@ -379,11 +413,18 @@ def _question_features():
     import datasets
 
     para = {"title": datasets.Value("string"), "text": datasets.Value("string")}
-    return datasets.Features({
-        "id": datasets.Value("string"), "dataset": datasets.Value("string"),
-        "question": datasets.Value("string"), "answers": datasets.List(datasets.Value("string")),
-        "gold_paragraphs": datasets.List(para),
-        "sub_questions": datasets.List({"question": datasets.Value("string"), "answer": datasets.Value("string"),
-                                        "paragraph": para}),
-        "type": datasets.Value("string"), "answerable": datasets.Value("bool"), "source": datasets.Value("string"),
-    })
+    return datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            "dataset": datasets.Value("string"),
+            "question": datasets.Value("string"),
+            "answers": datasets.List(datasets.Value("string")),
+            "gold_paragraphs": datasets.List(para),
+            "sub_questions": datasets.List(
+                {"question": datasets.Value("string"), "answer": datasets.Value("string"), "paragraph": para}
+            ),
+            "type": datasets.Value("string"),
+            "answerable": datasets.Value("bool"),
+            "source": datasets.Value("string"),
+        }
+    )

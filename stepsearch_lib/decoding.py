@@ -103,15 +103,19 @@ class BatchDecoder:
         ids = torch.full((len(chunks), width), self.pad, dtype=torch.long)
         real = torch.zeros((len(chunks), width), dtype=torch.long)
         for i, c in enumerate(chunks):
-            ids[i, :len(c)] = torch.tensor(c, dtype=torch.long)
-            real[i, :len(c)] = 1
+            ids[i, : len(c)] = torch.tensor(c, dtype=torch.long)
+            real[i, : len(c)] = 1
         # explicit positions: real tokens continue the row's own count; holes repeat the last one
         pos = self.next_pos[:, None] + (real.cumsum(1) - 1).clamp(min=0)
         self.mask = torch.cat([self.mask, real], dim=1)
         with torch.no_grad():
-            out = self.model.get_decoder()(input_ids=ids.to(self.model.device), attention_mask=self.mask.to(self.model.device),
-                                           position_ids=pos.to(self.model.device), cache=self.cache,
-                                           use_cache=True)
+            out = self.model.get_decoder()(
+                input_ids=ids.to(self.model.device),
+                attention_mask=self.mask.to(self.model.device),
+                position_ids=pos.to(self.model.device),
+                cache=self.cache,
+                use_cache=True,
+            )
         hidden = out.last_hidden_state
         lengths = real.sum(1)
         last = (lengths - 1).clamp(min=0)

@@ -17,8 +17,13 @@ from .query_writers import keyword_form
 from .retrieval import Retriever
 
 
-def episode_pieces(queries: Sequence[str], docs_per_query: Sequence[Sequence[tuple[str, str]]], answer: str,
-                   template: str = "plan", doc_render: str = "released") -> list[tuple[str, bool]]:
+def episode_pieces(
+    queries: Sequence[str],
+    docs_per_query: Sequence[Sequence[tuple[str, str]]],
+    answer: str,
+    template: str = "plan",
+    doc_render: str = "released",
+) -> list[tuple[str, bool]]:
     """A scripted response as (text, trainable) pieces: per query a reasoning + search turn and its
     forced information block (rendered as a rollout renders it), then the answer turn."""
     tag = "plan" if template == "plan" else "think"
@@ -31,7 +36,9 @@ def episode_pieces(queries: Sequence[str], docs_per_query: Sequence[Sequence[tup
     return pieces
 
 
-def tokenize_pieces(prompt: str, pieces: Sequence[tuple[str, bool]], tokenizer) -> tuple[list[int], list[int], list[int]]:
+def tokenize_pieces(
+    prompt: str, pieces: Sequence[tuple[str, bool]], tokenizer
+) -> tuple[list[int], list[int], list[int]]:
     """Token ids, completion mask (0 on the prompt and forced pieces) and the absolute index of the
     last token of every trainable piece that ends with ``</search>``; each piece is encoded on its
     own, exactly as a rollout encodes its turns and forced blocks."""
@@ -56,9 +63,18 @@ def question_queries(question: str, hops: int) -> list[str]:
     return [forms[j % 2] for j in range(hops)]
 
 
-def build_demonstrations(records: Sequence[dict], retriever: Retriever, tokenizer, n: int, topk: int = 3,
-                         doc_words: int = 0, template: str = "plan", seed: int = 0, doc_render: str = "released",
-                         queries: str = "gold") -> list[dict]:
+def build_demonstrations(
+    records: Sequence[dict],
+    retriever: Retriever,
+    tokenizer,
+    n: int,
+    topk: int = 3,
+    doc_words: int = 0,
+    template: str = "plan",
+    seed: int = 0,
+    doc_render: str = "released",
+    queries: str = "gold",
+) -> list[dict]:
     """``n`` demonstration rows (records cycled; a different surviving query each pass).
 
     ``queries="gold"``: each hop searches with one of its surviving gold queries; ``"question"``: with the
@@ -74,8 +90,12 @@ def build_demonstrations(records: Sequence[dict], retriever: Retriever, tokenize
     rng = random.Random(seed)
     chosen = [records[i % len(records)] for i in range(n)]
     choices = [[rng.randrange(len(q)) for q in rec["sub_searchs"]] for rec in chosen]
-    per_row = [[q[c[j] % len(q)] for j, q in enumerate(rec["sub_searchs"])] if queries == "gold"
-               else question_queries(rec["question"], len(rec["sub_searchs"])) for rec, c in zip(chosen, choices)]
+    per_row = [
+        [q[c[j] % len(q)] for j, q in enumerate(rec["sub_searchs"])]
+        if queries == "gold"
+        else question_queries(rec["question"], len(rec["sub_searchs"]))
+        for rec, c in zip(chosen, choices)
+    ]
     flat = [q for row in per_row for q in row]
     results = iter(retriever.batch_search(flat, topk) if flat else [])
     rows = []
@@ -94,8 +114,10 @@ def pad_rows(rows: Sequence[dict], pad_id: int):
     import torch
 
     width = max(len(r["input_ids"]) for r in rows)
+
     def padded(key, value):
         return torch.tensor([list(r[key]) + [value] * (width - len(r[key])) for r in rows])
+
     ids = padded("input_ids", pad_id)
     attn = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows])
     return ids, attn, padded("completion_mask", 0)

@@ -59,8 +59,12 @@ def read_lock(root: Path) -> dict:
 
 def record(root: Path, relative: str, digest: str, size: int, origin: str) -> None:
     lock = read_lock(root)
-    lock[relative] = {"sha256": digest, "bytes": size, "origin": origin,
-                      "fetched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    lock[relative] = {
+        "sha256": digest,
+        "bytes": size,
+        "origin": origin,
+        "fetched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     write_json(root / LOCK_FILE, dict(sorted(lock.items())))
 
 
@@ -74,15 +78,16 @@ def check_digest(path: Path, expected: str, origin: str) -> str:
     got = sha256_of(path)
     if expected and got != expected.lower():
         path.unlink(missing_ok=True)
-        raise ChecksumError(f"checksum mismatch for {origin}: expected sha256 {expected}, got {got}; "
-                            f"the download was deleted (nothing kept). Run again to re-download, or, if the "
-                            f"source changed on purpose, remove its entry from {LOCK_FILE} / the pinned digest.")
+        raise ChecksumError(
+            f"checksum mismatch for {origin}: expected sha256 {expected}, got {got}; "
+            f"the download was deleted (nothing kept). Run again to re-download, or, if the "
+            f"source changed on purpose, remove its entry from {LOCK_FILE} / the pinned digest."
+        )
     return got
 
 
 # ---- HTTP with resume ----
-def http_download(url: str, dest: Path | str, sha256: str = "", timeout_s: float = 60.0,
-                  progress: bool = True) -> str:
+def http_download(url: str, dest: Path | str, sha256: str = "", timeout_s: float = 60.0, progress: bool = True) -> str:
     """Download ``url`` to ``dest`` (resuming ``dest.part``), verify, rename into place; its SHA-256.
 
     An interrupted transfer keeps ``dest.part`` so the next call continues with a ``Range`` request
@@ -110,8 +115,10 @@ def http_download(url: str, dest: Path | str, sha256: str = "", timeout_s: float
                 raise FetchError(f"{url}: HTTP {r.status_code} {r.reason_phrase}")
     except httpx.HTTPError as err:
         kept = part.stat().st_size if part.exists() else 0
-        raise FetchError(f"download of {url} interrupted ({type(err).__name__}: {err}); {kept:,} bytes kept "
-                         f"in {part} — run again to resume") from err
+        raise FetchError(
+            f"download of {url} interrupted ({type(err).__name__}: {err}); {kept:,} bytes kept "
+            f"in {part} — run again to resume"
+        ) from err
     digest = check_digest(part, sha256, url)
     os.replace(part, dest)
     return digest
@@ -120,8 +127,12 @@ def http_download(url: str, dest: Path | str, sha256: str = "", timeout_s: float
 def _write_stream(response, part: Path, mode: str, have: int, url: str, progress: bool) -> None:
     length = response.headers.get("content-length")
     total = have + int(length) if length else None
-    with open(part, mode) as f, tqdm(total=total, initial=have, unit="B", unit_scale=True, disable=not progress,
-                                     desc=url.rsplit("/", 1)[-1][:40]) as bar:
+    with (
+        open(part, mode) as f,
+        tqdm(
+            total=total, initial=have, unit="B", unit_scale=True, disable=not progress, desc=url.rsplit("/", 1)[-1][:40]
+        ) as bar,
+    ):
         for block in response.iter_bytes():  # as received: a dropped connection loses nothing already read
             f.write(block)
             bar.update(len(block))
@@ -142,19 +153,34 @@ def remote_size(url: str, timeout_s: float = 15.0) -> int | None:
 
 # ---- the hub ----
 def hub_error(err: Exception, repo_id: str, repo_type: str, filename: str, dest: Path) -> FetchError:
-    what = f"{filename} of the hub {repo_type} {repo_id}" if filename not in ("", "*") else f"the hub {repo_type} {repo_id}"
-    by_hand = (f"`huggingface-cli download {repo_id} --repo-type {repo_type} --local-dir {dest}`"
-               if filename in ("", "*") else f"{hub_url(repo_id, repo_type, filename)} and save it as {dest}")
-    return FetchError(f"could not download {what} ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
-                      f"Fetch it by hand on a connected machine: {by_hand}")
+    what = (
+        f"{filename} of the hub {repo_type} {repo_id}"
+        if filename not in ("", "*")
+        else f"the hub {repo_type} {repo_id}"
+    )
+    by_hand = (
+        f"`huggingface-cli download {repo_id} --repo-type {repo_type} --local-dir {dest}`"
+        if filename in ("", "*")
+        else f"{hub_url(repo_id, repo_type, filename)} and save it as {dest}"
+    )
+    return FetchError(
+        f"could not download {what} ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
+        f"Fetch it by hand on a connected machine: {by_hand}"
+    )
 
 
 def hub_guard():
     import httpx
     from huggingface_hub import errors
 
-    return (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled, errors.HfHubHTTPError,
-            errors.RepositoryNotFoundError, httpx.HTTPError, OSError)
+    return (
+        errors.LocalEntryNotFoundError,
+        errors.OfflineModeIsEnabled,
+        errors.HfHubHTTPError,
+        errors.RepositoryNotFoundError,
+        httpx.HTTPError,
+        OSError,
+    )
 
 
 def hub_file_info(repo_id: str, repo_type: str, filename: str) -> tuple[int | None, str]:
@@ -216,8 +242,9 @@ def unzip_members(archive: Path, members: tuple[tuple[str, str], ...], root: Pat
         for member, rel in members:
             found = [n for n in names if Path(n).name == member]
             if len(found) != 1:
-                raise FetchError(f"{archive}: expected one member named {member!r}, found {found or 'none'} "
-                                 f"(it holds {names[:20]})")
+                raise FetchError(
+                    f"{archive}: expected one member named {member!r}, found {found or 'none'} (it holds {names[:20]})"
+                )
             with atomic_path(root / rel) as tmp, z.open(found[0]) as src, open(tmp, "wb") as dst:
                 shutil.copyfileobj(src, dst, CHUNK)
             out.append(root / rel)

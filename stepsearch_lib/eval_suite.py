@@ -21,9 +21,15 @@ from .profile_data import load_eval_sets
 from .retrieval import profile_retriever
 from .sft import warm_start_dir
 
-RUN_LABELS = {"steppo-full": "StePPO", "ppo-global_only": "PPO", "grpo-full": "GRPO",
-              "steppo-no_info_gain": "StePPO w/o IG", "steppo-no_redundancy": "StePPO w/o RP",
-              "steppo-no_search_key": "StePPO w/o key", "steppo-no_step": "StePPO w/o step rewards"}
+RUN_LABELS = {
+    "steppo-full": "StePPO",
+    "ppo-global_only": "PPO",
+    "grpo-full": "GRPO",
+    "steppo-no_info_gain": "StePPO w/o IG",
+    "steppo-no_redundancy": "StePPO w/o RP",
+    "steppo-no_search_key": "StePPO w/o key",
+    "steppo-no_step": "StePPO w/o step rewards",
+}
 """Display names of training runs by ``<algo>-<reward>`` (the run folder is ``<algo>-<reward>-s<seed>[-<name>]``)."""
 
 _RUN_FOLDER = re.compile(r"^(?P<base>[a-z]+-[a-z_]+)-s(?P<seed>\d+)(?:-(?P<tag>.+))?$")
@@ -45,8 +51,11 @@ def training_runs(cfg) -> dict[str, str]:
 
 def training_metrics(cfg) -> dict[str, Path]:
     """{display label: metrics JSONL} of every training run with metrics."""
-    return {label: cfg.path("metrics", f"{name}.jsonl") for label, name in training_runs(cfg).items()
-            if cfg.path("metrics", f"{name}.jsonl").is_file()}
+    return {
+        label: cfg.path("metrics", f"{name}.jsonl")
+        for label, name in training_runs(cfg).items()
+        if cfg.path("metrics", f"{name}.jsonl").is_file()
+    }
 
 
 @dataclass(frozen=True)
@@ -70,8 +79,13 @@ def evaluation_plan(cfg) -> list[Entry]:
     mine = warm_start_dir(cfg).name
     for adapter in sorted(cfg.path("checkpoints").glob("sft-*/adapter_config.json")):
         name = adapter.parent.name
-        plan.append(Entry("SFT warm start" if name == mine else f"SFT warm start ({name})", "agent",
-                          f"{RUN_PREFIX}checkpoints/{name}"))
+        plan.append(
+            Entry(
+                "SFT warm start" if name == mine else f"SFT warm start ({name})",
+                "agent",
+                f"{RUN_PREFIX}checkpoints/{name}",
+            )
+        )
     for label, name in training_runs(cfg).items():
         plan.append(Entry(label, "agent", f"{RUN_PREFIX}checkpoints/{name}"))
     return plan
@@ -84,7 +98,7 @@ read the same wherever the run folder lives, and two runs can be compared."""
 
 def resolve_model(model: str, cfg) -> str:
     """A plan's model name as `load_model_for_eval` takes it (``<run>/...`` -> a path in the run folder)."""
-    return str(cfg.run_dir / model[len(RUN_PREFIX):]) if model.startswith(RUN_PREFIX) else model
+    return str(cfg.run_dir / model[len(RUN_PREFIX) :]) if model.startswith(RUN_PREFIX) else model
 
 
 def _slug(label: str) -> str:
@@ -94,7 +108,6 @@ def _slug(label: str) -> str:
 def run_evaluation(cfg, datasets: dict | None = None, retriever=None, plan: list[Entry] | None = None) -> Path:
     """Evaluate every plan entry on every dataset (reusing finished cells); returns the results CSV."""
     from tqdm.auto import tqdm
-
 
     if datasets is None:
         n = cfg.eval.questions_per_dataset
@@ -127,17 +140,26 @@ def run_summaries(runs: dict[str, Path]) -> dict[str, dict]:
     for label, path in runs.items():
         rows = list(iter_json_records(path))
         first, last = rows[0][1], rows[-1][1]
-        out[label] = {"updates": len(rows), "F1 first": first["reward/answer_f1"], "F1 last": last["reward/answer_f1"],
-                      "search-key last": last["reward/search_key"], "searches last": last["rollout/num_searches"],
-                      "s / update": sum(r["time/step_s"] for _, r in rows) / len(rows),
-                      "rollout s / update": sum(r["time/rollout_s"] for _, r in rows) / len(rows),
-                      "peak RSS MB": max(r["memory/peak_rss_mb"] for _, r in rows)}
+        out[label] = {
+            "updates": len(rows),
+            "F1 first": first["reward/answer_f1"],
+            "F1 last": last["reward/answer_f1"],
+            "search-key last": last["reward/search_key"],
+            "searches last": last["rollout/num_searches"],
+            "s / update": sum(r["time/step_s"] for _, r in rows) / len(rows),
+            "rollout s / update": sum(r["time/rollout_s"] for _, r in rows) / len(rows),
+            "peak RSS MB": max(r["memory/peak_rss_mb"] for _, r in rows),
+        }
     return out
 
 
-PAPER_SETTING = {"policy": "Qwen2.5-3B / 7B (base, instruct)", "retriever": "e5-base-v2 over wiki-18 (21M passages)",
-                 "training questions": "built from MuSiQue-Ans train (19,938 questions)",
-                 "updates": "~1,100 x batch 128 on 8 GPUs", "eval questions / dataset": "full dev / test sets"}
+PAPER_SETTING = {
+    "policy": "Qwen2.5-3B / 7B (base, instruct)",
+    "retriever": "e5-base-v2 over wiki-18 (21M passages)",
+    "training questions": "built from MuSiQue-Ans train (19,938 questions)",
+    "updates": "~1,100 x batch 128 on 8 GPUs",
+    "eval questions / dataset": "full dev / test sets",
+}
 """How the paper's numbers were produced (for the side-by-side with this profile's run)."""
 
 
@@ -146,8 +168,11 @@ def setting_comparison(cfg, metrics: dict[str, Path], eval_questions: int) -> di
     updates = {label: sum(1 for _ in iter_json_records(path)) for label, path in metrics.items()}
     train_file = cfg.path("data", "stepsearch_train.jsonl")
     n_train = sum(1 for _ in iter_json_records(train_file)) if train_file.is_file() else 0
-    ours = {"policy": cfg.model.policy, "retriever": f"{cfg.retrieval.kind} ({cfg.model.encoder}) over the profile corpus",
-            "training questions": f"{n_train:,}",
-            "updates": ", ".join(f"{k}: {v} x {cfg.train.questions_per_step}" for k, v in updates.items()) or "none",
-            "eval questions / dataset": str(eval_questions)}
+    ours = {
+        "policy": cfg.model.policy,
+        "retriever": f"{cfg.retrieval.kind} ({cfg.model.encoder}) over the profile corpus",
+        "training questions": f"{n_train:,}",
+        "updates": ", ".join(f"{k}: {v} x {cfg.train.questions_per_step}" for k, v in updates.items()) or "none",
+        "eval questions / dataset": str(eval_questions),
+    }
     return {"paper": PAPER_SETTING, "ours": ours}

@@ -45,8 +45,9 @@ RESULT_FIELDS = ("method", "model", "dataset", "n", "em", "em_lo", "em_hi", "f1"
 """Columns of a results CSV."""
 
 
-def bootstrap_ci(values: Sequence[float], n_samples: int = 1000, seed: int = 0, level: float = 0.95
-                 ) -> tuple[float, float, float]:
+def bootstrap_ci(
+    values: Sequence[float], n_samples: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
     """Mean and percentile-bootstrap interval of ``values``.
 
     >>> bootstrap_ci([1.0, 1.0, 1.0], n_samples=50)
@@ -73,8 +74,9 @@ def parse_answer(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
-def single_shot_prompts(method: str, questions: Sequence[str], tokenizer, retriever=None, topk: int = 3,
-                        doc_words: int = 0) -> list[str]:
+def single_shot_prompts(
+    method: str, questions: Sequence[str], tokenizer, retriever=None, topk: int = 3, doc_words: int = 0
+) -> list[str]:
     """Prompts of the ``naive`` and ``rag`` baselines (``rag`` retrieves on the question, batched)."""
     if method == "naive":
         return [chat_wrap(DIRECT_PROMPT.format(question=q.strip()), tokenizer) for q in questions]
@@ -83,51 +85,84 @@ def single_shot_prompts(method: str, questions: Sequence[str], tokenizer, retrie
     if retriever is None:
         raise ValueError("the rag baseline needs a retriever")
     hits = retriever.batch_search(list(questions), topk)
-    return [chat_wrap(RAG_PROMPT.format(question=q.strip(), docs=render_docs(
-        [(h.passage.title, cut_words(h.passage.text, doc_words)) for h in hs])), tokenizer)
-        for q, hs in zip(questions, hits)]
+    return [
+        chat_wrap(
+            RAG_PROMPT.format(
+                question=q.strip(),
+                docs=render_docs([(h.passage.title, cut_words(h.passage.text, doc_words)) for h in hs]),
+            ),
+            tokenizer,
+        )
+        for q, hs in zip(questions, hits)
+    ]
 
 
 def predict(method: str, model, tokenizer, records, retriever, cfg) -> list[dict]:
     """Per question: prediction, gold answers, searches issued (greedy decoding)."""
     from tqdm.auto import tqdm
 
-
     questions = [r.question for r in records]
     if method == "agent":
         trajs = rollout_from_config(model, tokenizer, questions, retriever, cfg, greedy=True)
         outs = [(t.answer or "", t.num_searches) for t in trajs]
     elif method in ("naive", "rag"):
-        prompts = single_shot_prompts(method, questions, tokenizer, retriever, cfg.retrieval.topk,
-                                      cfg.rollout.doc_words)
+        prompts = single_shot_prompts(
+            method, questions, tokenizer, retriever, cfg.retrieval.topk, cfg.rollout.doc_words
+        )
         ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         size = cfg.rollout.batch_size
         texts: list[str] = []
         model.eval()
-        for start in tqdm(range(0, len(ids), size), desc=method, unit="batch", leave=False,
-                          disable=len(ids) <= size):
-            turns = hf_generate_turn(model, tokenizer, ids[start:start + size],
-                                     Sampling(greedy=True, max_new_tokens=cfg.rollout.max_new_tokens))
+        for start in tqdm(range(0, len(ids), size), desc=method, unit="batch", leave=False, disable=len(ids) <= size):
+            turns = hf_generate_turn(
+                model,
+                tokenizer,
+                ids[start : start + size],
+                Sampling(greedy=True, max_new_tokens=cfg.rollout.max_new_tokens),
+            )
             texts += [tokenizer.decode(t, skip_special_tokens=True) for t in turns]
         outs = [(parse_answer(t), int(method == "rag")) for t in texts]
     else:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    return [{"id": r.id, "dataset": r.dataset, "question": r.question, "prediction": pred, "golds": list(r.answers),
-             "searches": searches, "em": best_em(pred, r.answers), "f1": best_f1(pred, r.answers)}
-            for r, (pred, searches) in zip(records, outs)]
+    return [
+        {
+            "id": r.id,
+            "dataset": r.dataset,
+            "question": r.question,
+            "prediction": pred,
+            "golds": list(r.answers),
+            "searches": searches,
+            "em": best_em(pred, r.answers),
+            "f1": best_f1(pred, r.answers),
+        }
+        for r, (pred, searches) in zip(records, outs)
+    ]
 
 
-def summarize(rows: Sequence[dict], method: str, model: str, dataset: str, n_samples: int = 1000, seed: int = 0) -> dict:
+def summarize(
+    rows: Sequence[dict], method: str, model: str, dataset: str, n_samples: int = 1000, seed: int = 0
+) -> dict:
     """One results row: EM and F1 with 95 % bootstrap intervals, mean searches."""
     em, em_lo, em_hi = bootstrap_ci([r["em"] for r in rows], n_samples, seed)
     f1, f1_lo, f1_hi = bootstrap_ci([r["f1"] for r in rows], n_samples, seed)
-    return {"method": method, "model": model, "dataset": dataset, "n": len(rows), "em": em, "em_lo": em_lo,
-            "em_hi": em_hi, "f1": f1, "f1_lo": f1_lo, "f1_hi": f1_hi,
-            "searches": float(np.mean([r["searches"] for r in rows]))}
+    return {
+        "method": method,
+        "model": model,
+        "dataset": dataset,
+        "n": len(rows),
+        "em": em,
+        "em_lo": em_lo,
+        "em_hi": em_hi,
+        "f1": f1,
+        "f1_lo": f1_lo,
+        "f1_hi": f1_hi,
+        "searches": float(np.mean([r["searches"] for r in rows])),
+    }
 
 
-def evaluate(method: str, model, tokenizer, records, retriever, cfg, out_dir: Path | str, model_name: str,
-             dataset: str) -> dict:
+def evaluate(
+    method: str, model, tokenizer, records, retriever, cfg, out_dir: Path | str, model_name: str, dataset: str
+) -> dict:
     """Predict, score, write ``predictions.jsonl`` and ``results.csv`` (one row) into ``out_dir``."""
     if not records:
         raise ValueError(f"no questions to evaluate for {dataset}")
@@ -144,12 +179,16 @@ def run_config(step_dir: Path, cfg):
     start it was trained from (its recorded folder, whatever this config's seed or settings would pick)."""
     settings = json.loads((Path(step_dir) / "state.json").read_text()).get("settings") or {}
     if "model.policy" not in settings:
-        raise ValueError(f"{step_dir} was saved by an older version of the workbench (no recorded settings); "
-                         f"retrain it with `python -m stepsearch_lib.train`")
+        raise ValueError(
+            f"{step_dir} was saved by an older version of the workbench (no recorded settings); "
+            f"retrain it with `python -m stepsearch_lib.train`"
+        )
     run_dir = Path(step_dir).resolve().parent.parent.parent  # <run>/checkpoints/<name>/step-N
     overrides = {k: v for k, v in settings.items() if "." in k}
     warm = settings.get("warm_start")
-    overrides["train.init_adapter"] = "" if warm is None else str(run_dir / warm if not Path(warm).is_absolute() else warm)
+    overrides["train.init_adapter"] = (
+        "" if warm is None else str(run_dir / warm if not Path(warm).is_absolute() else warm)
+    )
     run_cfg = apply_overrides(cfg, {**overrides, "seed": settings["seed"]})
     check_choices(run_cfg)
     return run_cfg
@@ -166,9 +205,15 @@ def load_model_for_eval(name_or_checkpoint: str, cfg):
         model, tok = policy_from_config(run_cfg, adapter=init_adapter_path(run_cfg))
         load_policy_weights(step, model)
     else:
-        model, tok = load_policy(name_or_checkpoint, dtype=cfg.model.dtype, cache_dir=cfg.cache_dir,
-                                 load_in_4bit=cfg.model.load_in_4bit, tiny_hidden_size=cfg.model.tiny_hidden_size,
-                                 tiny_layers=cfg.model.tiny_layers, seed=cfg.seed)
+        model, tok = load_policy(
+            name_or_checkpoint,
+            dtype=cfg.model.dtype,
+            cache_dir=cfg.cache_dir,
+            load_in_4bit=cfg.model.load_in_4bit,
+            tiny_hidden_size=cfg.model.tiny_hidden_size,
+            tiny_layers=cfg.model.tiny_layers,
+            seed=cfg.seed,
+        )
     model.eval()
     return model, tok
 
@@ -178,8 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description="Score a method on a question file (EM / F1 with bootstrap intervals).",
         epilog="example: stepsearch evaluate --method agent --model runs/cpu/checkpoints/steppo-full-s0 "
-               "--dataset ../shared/data/bamboogle/test.jsonl --index runs/cpu/index/dense --out runs/cpu/eval/x",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "--dataset ../shared/data/bamboogle/test.jsonl --index runs/cpu/index/dense --out runs/cpu/eval/x",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_config_args(ap)
     ap.add_argument("--method", choices=METHODS, required=True)
     ap.add_argument("--model", required=True, help="policy name, peft adapter folder, or training checkpoint folder")
@@ -194,8 +240,17 @@ def main(argv: list[str] | None = None) -> int:
     retriever = retriever_from_dirs([Path(d) for d in args.index], cfg.retrieval.rrf_k) if args.index else None
     records = load_questions(require(args.dataset, "`make data` (the profile's question files)"), limit=args.limit)
     model, tok = load_model_for_eval(args.model, cfg)
-    summary = evaluate(args.method, model, tok, records, retriever, cfg, args.out, args.model,
-                       records[0].dataset if records else Path(args.dataset).stem)
+    summary = evaluate(
+        args.method,
+        model,
+        tok,
+        records,
+        retriever,
+        cfg,
+        args.out,
+        args.model,
+        records[0].dataset if records else Path(args.dataset).stem,
+    )
     print(json.dumps(summary, indent=2))
     return 0
 

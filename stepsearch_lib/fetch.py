@@ -104,34 +104,82 @@ MB = 10**6
 GDRIVE = "https://drive.usercontent.google.com/download?export=download&confirm=t&id="
 
 SOURCES: tuple[Source, ...] = (
-    Source("musique", "qa", "MuSiQue v1.0 (Ans + Full; train / dev / test), official Google Drive zip",
-           url=GDRIVE + "1tGdADlNjWFaHLeZZGShh2IRcpO6Lv24h", approx_bytes=180 * MB,
-           archive="musique/musique_v1.0.zip",
-           members=(("musique_ans_v1.0_train.jsonl", "musique/musique_ans_v1.0_train.jsonl"),
-                    ("musique_ans_v1.0_dev.jsonl", "musique/musique_ans_v1.0_dev.jsonl"),
-                    ("musique_ans_v1.0_test.jsonl", "musique/musique_ans_v1.0_test.jsonl"))),
-    Source("hotpotqa-train", "qa", "HotpotQA v1.1 train (distractor contexts), official CMU server",
-           url="http://curtis.ml.cmu.edu/datasets/hotpot/hotpot_train_v1.1.json", approx_bytes=566 * MB,
-           dest="hotpotqa/hotpot_train_v1.1.json"),
-    Source("hotpotqa-dev", "qa", "HotpotQA dev, distractor setting, official CMU server",
-           url="http://curtis.ml.cmu.edu/datasets/hotpot/hotpot_dev_distractor_v1.json", approx_bytes=47 * MB,
-           dest="hotpotqa/hotpot_dev_distractor_v1.json"),
-    Source("2wiki", "qa", "2WikiMultiHopQA (train / dev / test), official Dropbox zip",
-           url="https://www.dropbox.com/s/ms2m13252h6xubs/data_ids_april7.zip?dl=1", approx_bytes=650 * MB,
-           archive="2wikimultihopqa/data_ids_april7.zip",
-           members=(("train.json", "2wikimultihopqa/train.json"), ("dev.json", "2wikimultihopqa/dev.json"),
-                    ("test.json", "2wikimultihopqa/test.json"))),
-    Source("bamboogle", "qa", "Bamboogle (125 questions), FlashRAG's copy on the hub",
-           hub=("RUC-NLPIR/FlashRAG_datasets", "dataset", "bamboogle/test.jsonl"), approx_bytes=20_000,
-           dest="bamboogle/test.jsonl"),
-    Source("wiki18-corpus", "corpus", "Search-R1's 2018 Wikipedia dump, 21M 100-word passages (FlashRAG jsonl)",
-           hub=("PeterJinGo/wiki-18-corpus", "dataset", "wiki-18.jsonl.gz"), approx_bytes=5 * GB,
-           archive="corpus/wiki-18.jsonl.gz", dest="corpus/wiki-18.jsonl", gunzip=True),
-    Source("wiki18-e5-index", "index", "Search-R1's e5-base-v2 FAISS Flat index over wiki-18 (two parts, joined)",
-           hub=("PeterJinGo/wiki-18-e5-index", "dataset", ""), parts=("part_aa", "part_ab"),
-           approx_bytes=65 * GB, dest="index/wiki-18-e5/e5_Flat.index"),
-    Source("stepsearch-data", "stepsearch", "StepSearch's released MuSiQue sub-question search-key data",
-           hub=("Zill1/StepSearch-musi-dataset", "dataset", "*"), dest="stepsearch/StepSearch-musi-dataset"),
+    Source(
+        "musique",
+        "qa",
+        "MuSiQue v1.0 (Ans + Full; train / dev / test), official Google Drive zip",
+        url=GDRIVE + "1tGdADlNjWFaHLeZZGShh2IRcpO6Lv24h",
+        approx_bytes=180 * MB,
+        archive="musique/musique_v1.0.zip",
+        members=(
+            ("musique_ans_v1.0_train.jsonl", "musique/musique_ans_v1.0_train.jsonl"),
+            ("musique_ans_v1.0_dev.jsonl", "musique/musique_ans_v1.0_dev.jsonl"),
+            ("musique_ans_v1.0_test.jsonl", "musique/musique_ans_v1.0_test.jsonl"),
+        ),
+    ),
+    Source(
+        "hotpotqa-train",
+        "qa",
+        "HotpotQA v1.1 train (distractor contexts), official CMU server",
+        url="http://curtis.ml.cmu.edu/datasets/hotpot/hotpot_train_v1.1.json",
+        approx_bytes=566 * MB,
+        dest="hotpotqa/hotpot_train_v1.1.json",
+    ),
+    Source(
+        "hotpotqa-dev",
+        "qa",
+        "HotpotQA dev, distractor setting, official CMU server",
+        url="http://curtis.ml.cmu.edu/datasets/hotpot/hotpot_dev_distractor_v1.json",
+        approx_bytes=47 * MB,
+        dest="hotpotqa/hotpot_dev_distractor_v1.json",
+    ),
+    Source(
+        "2wiki",
+        "qa",
+        "2WikiMultiHopQA (train / dev / test), official Dropbox zip",
+        url="https://www.dropbox.com/s/ms2m13252h6xubs/data_ids_april7.zip?dl=1",
+        approx_bytes=650 * MB,
+        archive="2wikimultihopqa/data_ids_april7.zip",
+        members=(
+            ("train.json", "2wikimultihopqa/train.json"),
+            ("dev.json", "2wikimultihopqa/dev.json"),
+            ("test.json", "2wikimultihopqa/test.json"),
+        ),
+    ),
+    Source(
+        "bamboogle",
+        "qa",
+        "Bamboogle (125 questions), FlashRAG's copy on the hub",
+        hub=("RUC-NLPIR/FlashRAG_datasets", "dataset", "bamboogle/test.jsonl"),
+        approx_bytes=20_000,
+        dest="bamboogle/test.jsonl",
+    ),
+    Source(
+        "wiki18-corpus",
+        "corpus",
+        "Search-R1's 2018 Wikipedia dump, 21M 100-word passages (FlashRAG jsonl)",
+        hub=("PeterJinGo/wiki-18-corpus", "dataset", "wiki-18.jsonl.gz"),
+        approx_bytes=5 * GB,
+        archive="corpus/wiki-18.jsonl.gz",
+        dest="corpus/wiki-18.jsonl",
+        gunzip=True,
+    ),
+    Source(
+        "wiki18-e5-index",
+        "index",
+        "Search-R1's e5-base-v2 FAISS Flat index over wiki-18 (two parts, joined)",
+        hub=("PeterJinGo/wiki-18-e5-index", "dataset", ""),
+        parts=("part_aa", "part_ab"),
+        approx_bytes=65 * GB,
+        dest="index/wiki-18-e5/e5_Flat.index",
+    ),
+    Source(
+        "stepsearch-data",
+        "stepsearch",
+        "StepSearch's released MuSiQue sub-question search-key data",
+        hub=("Zill1/StepSearch-musi-dataset", "dataset", "*"),
+        dest="stepsearch/StepSearch-musi-dataset",
+    ),
 )
 """The catalogue. Official sources where the datasets publish one; the hub where they do not."""
 
@@ -236,8 +284,11 @@ def profile_files(cfg) -> list[str]:
 def missing_files(cfg, root: Path) -> list[str]:
     """A line per profile file absent from ``root``, naming the source that provides it."""
     provider = {o: s.name for s in SOURCES for o in s.outputs()}
-    return [f"{f} (source: {provider[f]})" if f in provider else f"{f} (not in the catalogue: place it by hand)"
-            for f in profile_files(cfg) if not (root / f).exists()]
+    return [
+        f"{f} (source: {provider[f]})" if f in provider else f"{f} (not in the catalogue: place it by hand)"
+        for f in profile_files(cfg)
+        if not (root / f).exists()
+    ]
 
 
 def describe_root(root: Path) -> str:
@@ -268,13 +319,20 @@ def verify(root: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="stepsearch data", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="stepsearch data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--profile", default="cpu", help="whose data root and files (default cpu)")
     ap.add_argument("--data-root", default=None, help="download here (default: the profile's data root)")
     ap.add_argument("--only", nargs="+", metavar="NAME", help="these sources only (see --list)")
-    ap.add_argument("--with", dest="groups", nargs="+", default=[], metavar="GROUP",
-                    help="also the optional groups: corpus, index, stepsearch (a profile's own files are always fetched)")
+    ap.add_argument(
+        "--with",
+        dest="groups",
+        nargs="+",
+        default=[],
+        metavar="GROUP",
+        help="also the optional groups: corpus, index, stepsearch (a profile's own files are always fetched)",
+    )
     ap.add_argument("--models", action="store_true", help="also pull the profile's policy and encoder from the hub")
     ap.add_argument("--sha256", action="append", default=[], metavar="NAME=HEX", help="pin a source's digest")
     ap.add_argument("--yes", action="store_true", help="download even when the total exceeds --confirm-gb")
@@ -287,15 +345,19 @@ def main(argv: list[str] | None = None) -> int:
     cfg = get_config(a.profile)
     if a.list:
         for s in SOURCES:
-            print(f"{s.name:16} {s.group:10} {human(s.approx_bytes, False):>9}  {s.description}\n"
-                  f"{'':28}{s.url or hub_url(*s.hub[:2], s.hub[2] or ','.join(s.parts))} -> {', '.join(s.outputs())}")
+            print(
+                f"{s.name:16} {s.group:10} {human(s.approx_bytes, False):>9}  {s.description}\n"
+                f"{'':28}{s.url or hub_url(*s.hub[:2], s.hub[2] or ','.join(s.parts))} -> {', '.join(s.outputs())}"
+            )
         return 0
     root = Path(a.data_root).expanduser().resolve() if a.data_root else cfg.data_root
     print(f"[fetch] profile {a.profile}: data root {describe_root(root)}")
     if is_mirror(root):
         missing = missing_files(cfg, root)
-        print("[fetch] the offline mirror is in use; nothing is downloaded (pass --data-root DIR to download "
-              "the official files elsewhere)." + ("" if not missing else f" Missing in it: {missing}"))
+        print(
+            "[fetch] the offline mirror is in use; nothing is downloaded (pass --data-root DIR to download "
+            "the official files elsewhere)." + ("" if not missing else f" Missing in it: {missing}")
+        )
         return 1 if missing else 0
     if a.verify:
         bad = verify(root)
@@ -311,8 +373,11 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((s, present, human(n, exact) if not present else "present"))
     for s, _present, size in rows:
         print(f"  {s.name:16} {size:>10}  {s.description} -> {', '.join(s.outputs())}")
-    print(f"[fetch] to download: {human(total, all_exact) if total else 'nothing'}"
-          + (f" + {unknown} source(s) of unknown size" if unknown else "") + f" into {root}")
+    print(
+        f"[fetch] to download: {human(total, all_exact) if total else 'nothing'}"
+        + (f" + {unknown} source(s) of unknown size" if unknown else "")
+        + f" into {root}"
+    )
     if a.dry_run:
         return 0
     if total > a.confirm_gb * GB and not a.yes:
@@ -324,7 +389,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.models:
         fetch_models([n for n in (cfg.model.policy, cfg.model.encoder) if "/" in n])
     missing = missing_files(cfg, root)
-    print(f"[fetch] profile {a.profile}: " + (f"still missing {missing}" if missing else "every data file it reads is present"))
+    print(
+        f"[fetch] profile {a.profile}: "
+        + (f"still missing {missing}" if missing else "every data file it reads is present")
+    )
     return 1 if missing else 0
 
 

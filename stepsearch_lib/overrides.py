@@ -90,8 +90,6 @@ def apply_overrides(cfg, overrides: Mapping[str, Any]):
     return replace(cfg, **top)
 
 
-
-
 def parse_cli_overrides(items: list[str] | None) -> dict[str, Any]:
     """``["train.steps=3", "model.policy=tiny-random"]`` -> overrides; values are read as JSON
     (numbers, booleans, lists) and fall back to plain strings.
@@ -111,4 +109,3 @@ def parse_cli_overrides(items: list[str] | None) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key.strip()] = raw
     return out
-

@@ -81,4 +81,6 @@ def assert_replicas_equal(params, world: World, atol: float = 0.0) -> None:
     dist.all_reduce(lo, op=dist.ReduceOp.MIN)
     spread = (hi - lo).abs().max().item() if flat.numel() else 0.0
     if spread > atol:
-        raise RuntimeError(f"data-parallel replicas diverged: max weight difference {spread:.3g} across {world.size} processes")
+        raise RuntimeError(
+            f"data-parallel replicas diverged: max weight difference {spread:.3g} across {world.size} processes"
+        )

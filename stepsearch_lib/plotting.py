@@ -39,7 +39,9 @@ def plot_recall(csv_path: Path | str, out_path: Path | str, title: str = "Recall
     fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups), 3.2), sharey=True, squeeze=False)
     for ax, group in zip(axes[0], groups):
         for name in retrievers:
-            pts = sorted((int(r["k"]), float(r["recall"])) for r in rows if r["group"] == group and r["retriever"] == name)
+            pts = sorted(
+                (int(r["k"]), float(r["recall"])) for r in rows if r["group"] == group and r["retriever"] == name
+            )
             ax.plot([k for k, _ in pts], [v for _, v in pts], marker="o", label=name)
         n = next(r["n"] for r in rows if r["group"] == group)
         ax.set_title(f"{group} (n={n})", fontsize=9)
@@ -53,8 +55,13 @@ def plot_recall(csv_path: Path | str, out_path: Path | str, title: str = "Recall
     return _finish(fig, out_path, title)
 
 
-def plot_construction(counts_json: Path | str, queries_jsonl: Path | str, kept_jsonls: list[Path | str],
-                      out_path: Path | str, title: str = "StepSearch data construction"):
+def plot_construction(
+    counts_json: Path | str,
+    queries_jsonl: Path | str,
+    kept_jsonls: list[Path | str],
+    out_path: Path | str,
+    title: str = "StepSearch data construction",
+):
     """Four panels: the funnel of counts per stage, kept ratio per writer and per retriever,
     queries kept per sub-question, and the hop-count distribution of kept questions."""
     import json
@@ -74,8 +81,10 @@ def plot_construction(counts_json: Path | str, queries_jsonl: Path | str, kept_j
     writers = sorted({r["writer"] for r in queries})
     retr = sorted(k.split("/", 1)[1] for k in (queries[0] if queries else {}) if k.startswith("hit/"))
     labels = [f"writer: {w}" for w in writers] + [f"retriever: {r}" for r in retr]
-    values = [sum(r["kept"] for r in queries if r["writer"] == w) / max(1, sum(r["writer"] == w for r in queries))
-              for w in writers] + [sum(r[f"hit/{n}"] for r in queries) / max(1, len(queries)) for n in retr]
+    values = [
+        sum(r["kept"] for r in queries if r["writer"] == w) / max(1, sum(r["writer"] == w for r in queries))
+        for w in writers
+    ] + [sum(r[f"hit/{n}"] for r in queries) / max(1, len(queries)) for n in retr]
     ax[1].barh(labels, values, color="#6a9fd4")
     ax[1].set_xlim(0, 1)
     ax[1].set_title("share of queries kept / hitting gold", fontsize=9)
@@ -103,7 +112,9 @@ def _grouped_bars(ax, groups: list[str], series: list[str], value: dict, labels:
     ax.set_xticks(x + 0.4 - width / 2, groups, rotation=20, fontsize=8)
 
 
-def plot_reward_separation(csv_path: Path | str, out_path: Path | str, title: str = "How the rewards separate behaviours"):
+def plot_reward_separation(
+    csv_path: Path | str, out_path: Path | str, title: str = "How the rewards separate behaviours"
+):
     """Mean of each reward component (answer F1, search key, summed IG, summed RP) per trajectory kind,
     and the episode return under each reward configuration."""
     plt = _pyplot()
@@ -125,7 +136,9 @@ def plot_reward_separation(csv_path: Path | str, out_path: Path | str, title: st
     return _finish(fig, out_path, title)
 
 
-def plot_token_layout(json_path: Path | str, out_path: Path | str, title: str = "Token-level rewards of one trajectory"):
+def plot_token_layout(
+    json_path: Path | str, out_path: Path | str, title: str = "Token-level rewards of one trajectory"
+):
     """Reward on every response token; forced (information) tokens shaded, search ends marked."""
     import json
 
@@ -139,7 +152,13 @@ def plot_token_layout(json_path: Path | str, out_path: Path | str, title: str = 
         if m == 0 and start is None:
             start = i
         if m == 1 and start is not None:
-            ax.axvspan(start, i, color="#ddd", lw=0, label="forced <information> tokens (mask 0)" if start == mask.index(0) else None)
+            ax.axvspan(
+                start,
+                i,
+                color="#ddd",
+                lw=0,
+                label="forced <information> tokens (mask 0)" if start == mask.index(0) else None,
+            )
             start = None
     ax.bar(range(len(rewards)), rewards, width=3, color=["#c33" if r < 0 else "#2c7a3f" for r in rewards])
     for idx in layout["search_end_idx"]:
@@ -148,19 +167,27 @@ def plot_token_layout(json_path: Path | str, out_path: Path | str, title: str = 
     ax.set_xlabel("response token")
     ax.set_ylabel("reward")
     s = layout["scores"]
-    ax.set_title(f"{title} ({layout['kind']}): step rewards {[round(x, 3) for x in s['step_rewards']]} on </search>, "
-                 f"final {s['final_reward']:.3f} on the last token", fontsize=9)
+    ax.set_title(
+        f"{title} ({layout['kind']}): step rewards {[round(x, 3) for x in s['step_rewards']]} on </search>, "
+        f"final {s['final_reward']:.3f} on the last token",
+        fontsize=9,
+    )
     ax.legend(fontsize=8, loc="upper left")
     return _finish(fig, out_path)
 
 
-CURVE_KEYS = (("reward/answer_f1", "answer F1"), ("reward/search_key", "search-key score"),
-              ("reward/info_gain", "information gain (sum per episode)"), ("rollout/num_searches", "searches per question"))
+CURVE_KEYS = (
+    ("reward/answer_f1", "answer F1"),
+    ("reward/search_key", "search-key score"),
+    ("reward/info_gain", "information gain (sum per episode)"),
+    ("rollout/num_searches", "searches per question"),
+)
 """Training-curve panels: metric key and axis label."""
 
 
-def plot_training_curves(runs: dict[str, Path | str], out_path: Path | str, keys=CURVE_KEYS,
-                         title: str = "Training curves"):
+def plot_training_curves(
+    runs: dict[str, Path | str], out_path: Path | str, keys=CURVE_KEYS, title: str = "Training curves"
+):
     """One panel per metric, one line per run (label -> metrics JSONL), metric vs update step."""
     import json
 
@@ -178,10 +205,16 @@ def plot_training_curves(runs: dict[str, Path | str], out_path: Path | str, keys
     return _finish(fig, out_path, title)
 
 
-def plot_main_results(results_csv: Path | str, paper_csv: Path | str, out_path: Path | str,
-                      paper_rows: tuple[tuple[str, str], ...] = (("qwen2.5-3b", "search_r1_instruct"),
-                                                                 ("qwen2.5-3b", "stepsearch_instruct")),
-                      title: str = "EM and F1 per dataset: ours beside the paper"):
+def plot_main_results(
+    results_csv: Path | str,
+    paper_csv: Path | str,
+    out_path: Path | str,
+    paper_rows: tuple[tuple[str, str], ...] = (
+        ("qwen2.5-3b", "search_r1_instruct"),
+        ("qwen2.5-3b", "stepsearch_instruct"),
+    ),
+    title: str = "EM and F1 per dataset: ours beside the paper",
+):
     """Two panels (EM, F1): grouped bars per dataset, our methods (with 95 % bootstrap intervals)
     and selected rows of the paper's main table (hatched)."""
     import numpy as np
@@ -200,8 +233,10 @@ def plot_main_results(results_csv: Path | str, paper_csv: Path | str, out_path: 
             if name in labels:
                 rows = {r["dataset"]: r for r in ours if r["label"] == name}
                 vals = [float(rows[d][metric]) if d in rows else np.nan for d in datasets]
-                err = [[float(rows[d][metric]) - float(rows[d][f"{metric}_lo"]) if d in rows else 0 for d in datasets],
-                       [float(rows[d][f"{metric}_hi"]) - float(rows[d][metric]) if d in rows else 0 for d in datasets]]
+                err = [
+                    [float(rows[d][metric]) - float(rows[d][f"{metric}_lo"]) if d in rows else 0 for d in datasets],
+                    [float(rows[d][f"{metric}_hi"]) - float(rows[d][metric]) if d in rows else 0 for d in datasets],
+                ]
                 ax.bar(x + i * width, vals, width, yerr=err, capsize=2, label=name)
             else:
                 key = paper_rows[i - len(labels)]

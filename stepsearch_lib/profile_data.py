@@ -1,6 +1,6 @@
 """Profile-driven data loading: which questions and which corpus a profile uses.
 
-    python -m stepsearch_lib.profile_data [--profile P]   # load every data file of a profile and report
+python -m stepsearch_lib.profile_data [--profile P]   # load every data file of a profile and report
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ def load_split(cfg, which: str) -> list[QuestionRecord]:
 
 def load_eval_sets(cfg) -> dict[str, list[QuestionRecord]]:
     """Every evaluation dataset of the profile, by name, capped at ``max_eval_questions`` each."""
-    return {name: load_questions(cfg.data_file(rel), dataset=name, limit=cfg.data.max_eval_questions)
-            for name, rel in cfg.data.eval_files}
+    return {
+        name: load_questions(cfg.data_file(rel), dataset=name, limit=cfg.data.max_eval_questions)
+        for name, rel in cfg.data.eval_files
+    }
 
 
 def load_profile_corpus(cfg, keep: Iterable[QuestionRecord] | None = None) -> list[Passage]:
@@ -37,8 +39,12 @@ def load_profile_corpus(cfg, keep: Iterable[QuestionRecord] | None = None) -> li
     if not limit or limit >= len(passages):
         return passages
     if keep is None:
-        keep = [*load_construct_questions(cfg), *load_split(cfg, "train"), *load_split(cfg, "dev"),
-                *(r for recs in load_eval_sets(cfg).values() for r in recs)]
+        keep = [
+            *load_construct_questions(cfg),
+            *load_split(cfg, "train"),
+            *load_split(cfg, "dev"),
+            *(r for recs in load_eval_sets(cfg).values() for r in recs),
+        ]
     wanted = {passage_key(p.title, p.text) for r in keep for p in gold_and_sub_paragraphs(r)}
     chosen = [p for p in passages if passage_key(p.title, p.text) in wanted]
     taken = {p.id for p in chosen}
@@ -75,7 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     corpus = load_corpus(cfg.data_file(cfg.data.corpus_file))
     keys = {passage_key(p.title, p.text) for p in corpus}
     print(f"corpus    {cfg.data.corpus_file}: {len(corpus)} passages")
-    files = [("train", cfg.data.train_file), ("dev", cfg.data.dev_file), *cfg.data.eval_files, *cfg.data.construct_files]
+    files = [
+        ("train", cfg.data.train_file),
+        ("dev", cfg.data.dev_file),
+        *cfg.data.eval_files,
+        *cfg.data.construct_files,
+    ]
     named: dict[str, str] = {}
     for name, rel in files:
         named.setdefault(rel, name)

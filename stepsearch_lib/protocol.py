@@ -98,8 +98,9 @@ def build_prompt(question: str, template: str = "think", tokenizer=None) -> str:
 def chat_wrap(text: str, tokenizer=None) -> str:
     """A user message in the tokenizer's chat template (plain text when it has none)."""
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                             add_generation_prompt=True)
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
     return text
 
 
@@ -213,7 +214,7 @@ def _after_title(part: str) -> str:
     for i, ch in enumerate(part):
         depth += (ch == "(") - (ch == ")")
         if depth == 0:
-            return part[i + 1:]
+            return part[i + 1 :]
     return ""
 
 

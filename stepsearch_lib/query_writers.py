@@ -116,18 +116,27 @@ class LocalChatWriter(QueryWriter):
 
     name = "local_llm"
 
-    def __init__(self, model, tokenizer, n: int = 3, max_new_tokens: int = 48, batch_size: int = 16, max_items: int = 0):
+    def __init__(
+        self, model, tokenizer, n: int = 3, max_new_tokens: int = 48, batch_size: int = 16, max_items: int = 0
+    ):
         """``max_items`` > 0 writes for the first that many sub-questions only (a CPU budget); the
         rest get no queries from this writer and are counted as ``skipped``."""
         super().__init__()
-        self.model, self.tok, self.n, self.max_new_tokens, self.batch_size = model, tokenizer, n, max_new_tokens, batch_size
+        self.model, self.tok, self.n, self.max_new_tokens, self.batch_size = (
+            model,
+            tokenizer,
+            n,
+            max_new_tokens,
+            batch_size,
+        )
         self.max_items = max_items
 
     def _prompt(self, question: str) -> str:
         msg = PROMPT.format(n=self.n, question=question)
         if self.tok.chat_template:
-            return self.tok.apply_chat_template([{"role": "user", "content": msg}], tokenize=False,
-                                                add_generation_prompt=True)
+            return self.tok.apply_chat_template(
+                [{"role": "user", "content": msg}], tokenize=False, add_generation_prompt=True
+            )
         return msg + "\n"
 
     def write_batch(self, sub_questions: Sequence[str]) -> list[list[str]]:
@@ -139,12 +148,13 @@ class LocalChatWriter(QueryWriter):
         todo = len(sub_questions) if self.max_items <= 0 else min(self.max_items, len(sub_questions))
         self.stats["skipped"] += len(sub_questions) - todo
         for start in tqdm(range(0, todo, self.batch_size), desc="local LLM queries", unit="batch"):
-            batch = [self._prompt(q) for q in sub_questions[start:min(start + self.batch_size, todo)]]
+            batch = [self._prompt(q) for q in sub_questions[start : min(start + self.batch_size, todo)]]
             enc = self.tok(batch, return_tensors="pt", padding=True, add_special_tokens=False)
             with torch.no_grad():
-                gen = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                          pad_token_id=self.tok.pad_token_id)
-            texts = self.tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                gen = self.model.generate(
+                    **enc, max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=self.tok.pad_token_id
+                )
+            texts = self.tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             out += [parse_queries(t, self.n, stats=self.stats) for t in texts]
         return out + [[] for _ in range(len(sub_questions) - todo)]
 
@@ -155,8 +165,16 @@ class OpenAIWriter(QueryWriter):
 
     name = "openai"
 
-    def __init__(self, base_url: str | None = None, model: str | None = None, api_key: str | None = None,
-                 n: int = 3, timeout_s: float = 60.0, retries: int = 2, backoff_s: float = 1.0):
+    def __init__(
+        self,
+        base_url: str | None = None,
+        model: str | None = None,
+        api_key: str | None = None,
+        n: int = 3,
+        timeout_s: float = 60.0,
+        retries: int = 2,
+        backoff_s: float = 1.0,
+    ):
         import httpx
 
         super().__init__()
@@ -171,8 +189,11 @@ class OpenAIWriter(QueryWriter):
     def _ask(self, question: str) -> str | None:
         import httpx
 
-        payload = {"model": self.model, "temperature": 0.7,
-                   "messages": [{"role": "user", "content": PROMPT.format(n=self.n, question=question)}]}
+        payload = {
+            "model": self.model,
+            "temperature": 0.7,
+            "messages": [{"role": "user", "content": PROMPT.format(n=self.n, question=question)}],
+        }
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
@@ -185,8 +206,9 @@ class OpenAIWriter(QueryWriter):
                 self.stats[f"http_{resp.status_code}"] += 1
                 continue
             if resp.status_code >= 400:
-                raise RuntimeError(f"{self.base_url}/chat/completions refused the request "
-                                   f"({resp.status_code}): {resp.text[:300]}")
+                raise RuntimeError(
+                    f"{self.base_url}/chat/completions refused the request ({resp.status_code}): {resp.text[:300]}"
+                )
             try:
                 content = resp.json()["choices"][0]["message"]["content"]
             except (ValueError, KeyError, IndexError, TypeError):

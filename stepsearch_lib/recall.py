@@ -50,8 +50,9 @@ def build_queries(datasets: Mapping[str, Sequence[QuestionRecord]], corpus: Sequ
     return queries
 
 
-def recall_rows(retriever: Retriever, queries: Sequence[RecallQuery], ks: Sequence[int] = (1, 3, 5, 10),
-                batch_size: int = 256) -> list[dict]:
+def recall_rows(
+    retriever: Retriever, queries: Sequence[RecallQuery], ks: Sequence[int] = (1, 3, 5, 10), batch_size: int = 256
+) -> list[dict]:
     r"""One row per (group, k): ``{"group", "k", "recall", "n"}``.
 
     $\mathrm{recall@}k(q) = |G(q) \cap \mathrm{top}_k(q)| / |G(q)|$, averaged over the group's queries.
@@ -59,7 +60,7 @@ def recall_rows(retriever: Retriever, queries: Sequence[RecallQuery], ks: Sequen
     kmax = max(ks)
     hits: list[list[str]] = []
     for start in range(0, len(queries), batch_size):
-        batch = queries[start:start + batch_size]
+        batch = queries[start : start + batch_size]
         hits += [[h.passage.id for h in row] for row in retriever.batch_search([q.query for q in batch], kmax)]
     sums: dict[tuple[str, int], float] = {}
     counts: dict[str, int] = {}
@@ -71,7 +72,8 @@ def recall_rows(retriever: Retriever, queries: Sequence[RecallQuery], ks: Sequen
     return [{"group": g, "k": k, "recall": sums[(g, k)] / counts[g], "n": counts[g]} for g in counts for k in ks]
 
 
-def recall_table(retrievers: Mapping[str, Retriever], queries: Sequence[RecallQuery],
-                 ks: Sequence[int] = (1, 3, 5, 10)) -> list[dict]:
+def recall_table(
+    retrievers: Mapping[str, Retriever], queries: Sequence[RecallQuery], ks: Sequence[int] = (1, 3, 5, 10)
+) -> list[dict]:
     """`recall_rows` for several retrievers: rows ``{"retriever", "group", "k", "recall", "n"}``."""
     return [{"retriever": name, **row} for name, r in retrievers.items() for row in recall_rows(r, queries, ks)]

@@ -35,8 +35,9 @@ def run_notebook(src: Path, out_dir: Path, parameters: dict) -> float:
 
     start = time.perf_counter()
     with atomic_path(out_dir / src.name) as tmp:
-        pm.execute_notebook(str(src), str(tmp), parameters=parameters, cwd=str(src.parent),
-                            kernel_name="python3", progress_bar=False)
+        pm.execute_notebook(
+            str(src), str(tmp), parameters=parameters, cwd=str(src.parent), kernel_name="python3", progress_bar=False
+        )
     return time.perf_counter() - start
 
 
@@ -52,8 +53,11 @@ def strip_for_commit(nb: dict) -> dict:
         for key in ("papermill", "execution"):
             cell.get("metadata", {}).pop(key, None)
         if cell["cell_type"] == "code":
-            cell["outputs"] = [o for o in cell.get("outputs", [])
-                               if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
+            cell["outputs"] = [
+                o
+                for o in cell.get("outputs", [])
+                if not (o.get("output_type") == "stream" and o.get("name") == "stderr")
+            ]
         cells.append(cell)
     nb["cells"] = cells
     return nb
@@ -66,16 +70,21 @@ def write_back(executed: Path, target: Path) -> None:
         Path(tmp).write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-VOLATILE = re.compile(r"(^time/|^memory/|_s$|_ms$|seconds|peak_rss|wall|elapsed|timestamp|created|fetched|_mb$"
-                      r"|from_cache|^reused$)")
+VOLATILE = re.compile(
+    r"(^time/|^memory/|_s$|_ms$|seconds|peak_rss|wall|elapsed|timestamp|created|fetched|_mb$"
+    r"|from_cache|^reused$)"
+)
 """Field names whose values are timings, memory readings or cache provenance (a first run computes
 what a second one finds cached): left out when two runs are compared."""
 
 
 def _stable(obj):
     if isinstance(obj, dict):
-        return {k: sorted(v) if k == "target_modules" and isinstance(v, list) else _stable(v)  # peft saves a set
-                for k, v in obj.items() if not VOLATILE.search(str(k))}
+        return {
+            k: sorted(v) if k == "target_modules" and isinstance(v, list) else _stable(v)  # peft saves a set
+            for k, v in obj.items()
+            if not VOLATILE.search(str(k))
+        }
     if isinstance(obj, list):
         return [_stable(v) for v in obj]
     return obj
@@ -104,8 +113,11 @@ def compare_runs(a: Path | str, b: Path | str, skip: tuple[str, ...] = ("noteboo
     a, b = Path(a), Path(b)
 
     def files(root: Path) -> set[str]:
-        return {p.relative_to(root).as_posix() for p in root.rglob("*")
-                if p.is_file() and p.relative_to(root).parts[0] not in skip}
+        return {
+            p.relative_to(root).as_posix()
+            for p in root.rglob("*")
+            if p.is_file() and p.relative_to(root).parts[0] not in skip
+        }
 
     fa, fb = files(a), files(b)
     out = [f"only in {a}: {f}" for f in sorted(fa - fb)] + [f"only in {b}: {f}" for f in sorted(fb - fa)]
@@ -136,13 +148,18 @@ def notebook_outputs(path: Path | str, root: Path | str | None = None) -> list[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Run the numbered notebooks in order (papermill).",
-                                 epilog="example: stepsearch reproduce --profile smoke --only 01 02",
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description="Run the numbered notebooks in order (papermill).",
+        epilog="example: stepsearch reproduce --profile smoke --only 01 02",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_config_args(ap)
     ap.add_argument("--only", nargs="*", help="notebook name prefixes to run (default: all)")
-    ap.add_argument("--write-back", action="store_true",
-                    help="store the executed notebooks (stripped) back into notebooks/ (smoke profile only)")
+    ap.add_argument(
+        "--write-back",
+        action="store_true",
+        help="store the executed notebooks (stripped) back into notebooks/ (smoke profile only)",
+    )
     args = ap.parse_args(argv)
     if args.write_back and args.profile != "smoke":
         ap.error("--write-back is for the smoke profile (the committed notebooks carry smoke outputs)")
@@ -160,8 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[reproduce] {nb.name} done in {seconds:.0f} s", flush=True)
         if args.write_back:
             write_back(out_dir / nb.name, nb)
-    print(f"[reproduce] {len(notebooks)} notebooks, total wall time {total / 60:.1f} min; "
-          f"executed copies in {out_dir}")
+    print(f"[reproduce] {len(notebooks)} notebooks, total wall time {total / 60:.1f} min; executed copies in {out_dir}")
     return 0
 
 

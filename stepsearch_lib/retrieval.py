@@ -73,8 +73,9 @@ class Retriever:
 # ----------------------------------------------------------------------------- dense
 
 
-def embed_passages(encoder, passages: Sequence[Passage], batch_size: int = 64, cache_dir: Path | None = None,
-                   chunk: int = 2048) -> tuple[np.ndarray, bool]:
+def embed_passages(
+    encoder, passages: Sequence[Passage], batch_size: int = 64, cache_dir: Path | None = None, chunk: int = 2048
+) -> tuple[np.ndarray, bool]:
     """Embed ``title. text`` of each passage (L2-normalised float32), cached by (encoder, corpus hash).
     Returns the embeddings and whether they came from the cache."""
     key = hashlib.sha256(f"{encoder.name}|{encoder.passage_prefix}|{corpus_hash(passages)}".encode()).hexdigest()[:24]
@@ -86,7 +87,7 @@ def embed_passages(encoder, passages: Sequence[Passage], batch_size: int = 64, c
     texts = [f"{p.title}. {p.text}" for p in passages]
     parts = []
     for start in tqdm(range(0, len(texts), chunk), desc=f"encoding with {encoder.name}", unit="chunk"):
-        parts.append(encoder.encode_passages(texts[start:start + chunk], batch_size=batch_size))
+        parts.append(encoder.encode_passages(texts[start : start + chunk], batch_size=batch_size))
     emb = np.concatenate(parts) if parts else np.zeros((0, encoder.dim), dtype="float32")
     if cache is not None:
         with atomic_path(cache) as tmp:
@@ -102,7 +103,11 @@ def build_faiss(embeddings: np.ndarray, factory: str = "Flat", seed: int = 0):
     index = faiss.index_factory(embeddings.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained:
         rng = np.random.default_rng(seed)
-        sample = embeddings if len(embeddings) <= 100_000 else embeddings[rng.choice(len(embeddings), 100_000, replace=False)]
+        sample = (
+            embeddings
+            if len(embeddings) <= 100_000
+            else embeddings[rng.choice(len(embeddings), 100_000, replace=False)]
+        )
         index.train(sample)
     index.add(embeddings)
     _set_search_params(index)
@@ -129,13 +134,25 @@ def _write_index_dir(out_dir: Path, passages: Sequence[Passage], meta: dict, wri
 
 
 def _base_meta(kind: str, passages: Sequence[Passage], seconds: float) -> dict:
-    return {"format": INDEX_FORMAT, "kind": kind, "corpus_hash": corpus_hash(passages),
-            "num_passages": len(passages), "build_seconds": round(seconds, 3),
-            "peak_rss_mb_at_build": round(peak_rss_mb(), 1)}
+    return {
+        "format": INDEX_FORMAT,
+        "kind": kind,
+        "corpus_hash": corpus_hash(passages),
+        "num_passages": len(passages),
+        "build_seconds": round(seconds, 3),
+        "peak_rss_mb_at_build": round(peak_rss_mb(), 1),
+    }
 
 
-def build_dense_index(passages: Sequence[Passage], encoder, out_dir: Path | str, factory: str = "Flat",
-                      batch_size: int = 64, cache_dir: Path | None = None, seed: int = 0) -> dict:
+def build_dense_index(
+    passages: Sequence[Passage],
+    encoder,
+    out_dir: Path | str,
+    factory: str = "Flat",
+    batch_size: int = 64,
+    cache_dir: Path | None = None,
+    seed: int = 0,
+) -> dict:
     """Encode the corpus and save a FAISS index folder; return its metadata."""
     import faiss
 
@@ -143,9 +160,15 @@ def build_dense_index(passages: Sequence[Passage], encoder, out_dir: Path | str,
     emb, cached = embed_passages(encoder, passages, batch_size, cache_dir)
     encode_seconds = time.perf_counter() - start
     index = build_faiss(emb, factory, seed)
-    meta = {**_base_meta("dense", passages, time.perf_counter() - start), "encoder": encoder.name,
-            "dim": int(emb.shape[1]), "metric": "inner_product", "factory": factory,
-            "encode_seconds": round(encode_seconds, 3), "embeddings_from_cache": cached}
+    meta = {
+        **_base_meta("dense", passages, time.perf_counter() - start),
+        "encoder": encoder.name,
+        "dim": int(emb.shape[1]),
+        "metric": "inner_product",
+        "factory": factory,
+        "encode_seconds": round(encode_seconds, 3),
+        "embeddings_from_cache": cached,
+    }
     _write_index_dir(Path(out_dir), passages, meta, lambda d: faiss.write_index(index, str(d / "index.faiss")))
     return meta
 
@@ -164,8 +187,9 @@ class DenseRetriever(Retriever):
             return []
         q = self.encoder.encode_queries(list(queries))
         scores, ids = self.index.search(q, k)
-        return [[Hit(self.passages[i], float(s)) for s, i in zip(srow, irow) if i >= 0]
-                for srow, irow in zip(scores, ids)]
+        return [
+            [Hit(self.passages[i], float(s)) for s, i in zip(srow, irow) if i >= 0] for srow, irow in zip(scores, ids)
+        ]
 
 
 # ----------------------------------------------------------------------------- BM25
@@ -195,8 +219,12 @@ def build_bm25_index(passages: Sequence[Passage], out_dir: Path | str, k1: float
     tokens = _bm25_tokenize([f"{p.title} {p.text}" for p in passages], show_progress=True)
     model = bm25s.BM25(k1=k1, b=b)
     model.index(tokens, show_progress=True)
-    meta = {**_base_meta("bm25", passages, time.perf_counter() - start), "k1": k1, "b": b,
-            "tokenizer": "bm25s(en stopwords, snowball english)"}
+    meta = {
+        **_base_meta("bm25", passages, time.perf_counter() - start),
+        "k1": k1,
+        "b": b,
+        "tokenizer": "bm25s(en stopwords, snowball english)",
+    }
     _write_index_dir(Path(out_dir), passages, meta, lambda d: model.save(str(d / "bm25"), show_progress=False))
     return meta
 
@@ -254,23 +282,28 @@ class HybridRetriever(Retriever):
 def read_meta(index_dir: Path | str) -> dict:
     path = Path(index_dir) / "meta.json"
     if not path.is_file():
-        raise MissingInputError(f"{index_dir} is not an index folder (no meta.json); `stepsearch index --profile PROFILE` "
-                                f"builds a profile's indexes")
+        raise MissingInputError(
+            f"{index_dir} is not an index folder (no meta.json); `stepsearch index --profile PROFILE` "
+            f"builds a profile's indexes"
+        )
     meta = json.loads(path.read_text())
     if meta.get("format") != INDEX_FORMAT:
         raise IndexMismatchError(f"{path}: index format {meta.get('format')} is not {INDEX_FORMAT}; rebuild it")
     return meta
 
 
-def load_retriever(index_dir: Path | str, encoder=None, expected_corpus_hash: str | None = None,
-                   expected_encoder: str | None = None) -> Retriever:
+def load_retriever(
+    index_dir: Path | str, encoder=None, expected_corpus_hash: str | None = None, expected_encoder: str | None = None
+) -> Retriever:
     """Load a dense or BM25 index folder. Refuses an index whose corpus hash or encoder differs
     from the expected ones (or from the encoder object passed in)."""
     index_dir = Path(index_dir)
     meta = read_meta(index_dir)
     if expected_corpus_hash is not None and meta["corpus_hash"] != expected_corpus_hash:
-        raise IndexMismatchError(f"{index_dir} was built from another corpus (hash {meta['corpus_hash'][:12]}, "
-                                 f"expected {expected_corpus_hash[:12]}); rebuild the index for this corpus")
+        raise IndexMismatchError(
+            f"{index_dir} was built from another corpus (hash {meta['corpus_hash'][:12]}, "
+            f"expected {expected_corpus_hash[:12]}); rebuild the index for this corpus"
+        )
     passages = load_corpus(index_dir / "passages.jsonl")
     if corpus_hash(passages) != meta["corpus_hash"] or len(passages) != meta["num_passages"]:
         raise IndexMismatchError(f"{index_dir}/passages.jsonl does not match meta.json; the folder is damaged")
@@ -326,8 +359,9 @@ class RemoteRetriever(Retriever):
     raised at once with the server's message. Every request has a timeout.
     """
 
-    def __init__(self, url: str, timeout_s: float = 30.0, retries: int = 3, backoff_s: float = 0.5,
-                 max_batch: int = 256):
+    def __init__(
+        self, url: str, timeout_s: float = 30.0, retries: int = 3, backoff_s: float = 0.5, max_batch: int = 256
+    ):
         import httpx
 
         self.url, self.retries, self.backoff_s, self.max_batch = url, retries, backoff_s, max_batch
@@ -339,7 +373,7 @@ class RemoteRetriever(Retriever):
     def _batch_search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
         out: list[list[Hit]] = []
         for start in range(0, len(queries), self.max_batch):
-            out += self._request(list(queries[start:start + self.max_batch]), k)
+            out += self._request(list(queries[start : start + self.max_batch]), k)
         return out
 
     def _request(self, queries: list[str], k: int) -> list[list[Hit]]:

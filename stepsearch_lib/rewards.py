@@ -109,8 +109,9 @@ def _rounded(x: float, decimals: int) -> float:
     return round(x, decimals) if decimals >= 0 else x
 
 
-def search_key_reward(queries: Sequence[str], gold_keys: Sequence[Sequence[str]], mode: str = "released",
-                      decimals: int = 4) -> float:
+def search_key_reward(
+    queries: Sequence[str], gold_keys: Sequence[Sequence[str]], mode: str = "released", decimals: int = 4
+) -> float:
     r"""How well the issued queries match the gold sub-question queries, in [0, 1].
 
     $\mathrm{slot}_{j^*} \leftarrow s_{j^*}(q)$ for $j^* = \arg\max_j s_j(q)$, $s_j(q) = \max_{g \in G_j} F_1(q, g)$; $r_\mathrm{key} = \frac1J \sum_j \mathrm{slot}_j$
@@ -168,7 +169,7 @@ def _counts(docs: Sequence[str], golds: Sequence[str]) -> tuple[np.ndarray, np.n
     for r, bag in enumerate(bags):
         if bag:
             counts[r, [vocab[t] for t in bag]] = list(bag.values())
-    return counts[:len(docs)], counts[len(docs):]
+    return counts[: len(docs)], counts[len(docs) :]
 
 
 def tfidf_pair_cosine_matrix(docs: Sequence[str], golds: Sequence[str]) -> np.ndarray:
@@ -181,7 +182,7 @@ def tfidf_pair_cosine_matrix(docs: Sequence[str], golds: Sequence[str]) -> np.nd
     if not docs or not golds:
         return np.zeros((len(docs), len(golds)))
     A, B = _counts(docs, golds)
-    w2 = _IDF_ONE ** 2
+    w2 = _IDF_ONE**2
     A2, B2 = A * A, B * B
     dot = A @ B.T
     norm_a = w2 * A2.sum(axis=1, keepdims=True) - (w2 - 1) * (A2 @ (B > 0).T)
@@ -237,8 +238,13 @@ def tfidf_cosine_matrix(docs: Sequence[str], golds: Sequence[str]) -> np.ndarray
 # ----------------------------------------------------------------------------- step rewards
 
 
-def information_gain(step_docs: Sequence[Sequence[str]], gold_docs: Sequence[str], fast: bool = True,
-                     normalize: bool = True, fit: str = "doc_and_golds") -> list[float]:
+def information_gain(
+    step_docs: Sequence[Sequence[str]],
+    gold_docs: Sequence[str],
+    fast: bool = True,
+    normalize: bool = True,
+    fit: str = "doc_and_golds",
+) -> list[float]:
     r"""IG_t for every search step: mean over gold docs of the positive gain over the running max.
 
     $IG_t = \frac1{|G|} \sum_i \max(0, c_{t,i} - M_{t-1,i})$, $c_{t,i} = \max_{d \in D_t} \cos_\mathrm{TF-IDF}(d, g_i)$, $M_{t,i} = \max(M_{t-1,i}, c_{t,i})$
@@ -259,14 +265,16 @@ def information_gain(step_docs: Sequence[Sequence[str]], gold_docs: Sequence[str
     elif fit == "doc_and_golds":
         all_sim = np.array([tfidf_cosine_reference(d, golds) for d in flat]).reshape(len(flat), len(golds))
     else:
-        all_sim = np.array([[tfidf_pair_cosine_reference(d, g) for g in golds] for d in flat]).reshape(len(flat), len(golds))
+        all_sim = np.array([[tfidf_pair_cosine_reference(d, g) for g in golds] for d in flat]).reshape(
+            len(flat), len(golds)
+        )
     memory = np.zeros(len(golds))
     gains, start = [], 0
     for docs in steps:
         if not docs:
             gains.append(0.0)
             continue
-        c = all_sim[start:start + len(docs)].max(axis=0)  # c_{t,i}: best retrieved doc for gold doc i
+        c = all_sim[start : start + len(docs)].max(axis=0)  # c_{t,i}: best retrieved doc for gold doc i
         start += len(docs)
         gains.append(float(np.maximum(0.0, c - memory).mean()))  # IG_t = mean_i max(0, c_{t,i} - M_{t-1,i})
         memory = np.maximum(memory, c)  # M_{t,i} = max(M_{t-1,i}, c_{t,i})
@@ -322,9 +330,16 @@ class TrajectoryRewards:
     has_gold_docs: bool = True
 
 
-def score_trajectory(response: str, queries: Sequence[str], step_docs: Sequence[Sequence[str]], answers: Sequence[str],
-                     gold_keys: Sequence[Sequence[str]], gold_docs: Sequence[str], reward_cfg, fast: bool = True
-                     ) -> TrajectoryRewards:
+def score_trajectory(
+    response: str,
+    queries: Sequence[str],
+    step_docs: Sequence[Sequence[str]],
+    answers: Sequence[str],
+    gold_keys: Sequence[Sequence[str]],
+    gold_docs: Sequence[str],
+    reward_cfg,
+    fast: bool = True,
+) -> TrajectoryRewards:
     """Every reward of one trajectory under a `RewardConfig` (its ``name`` picks the components, its other
     fields the released / paper behaviours).
 
@@ -335,11 +350,15 @@ def score_trajectory(response: str, queries: Sequence[str], step_docs: Sequence[
     fmt = ends_with_answer(response)
     f1 = _rounded(best_f1(pred, answers), decimals)
     scored = TrajectoryRewards(
-        answer_f1=f1, answer_em=best_em(pred, answers),
-        format_ok=fmt, answer_reward=f1 if fmt else reward_cfg.format_penalty,
+        answer_f1=f1,
+        answer_em=best_em(pred, answers),
+        format_ok=fmt,
+        answer_reward=f1 if fmt else reward_cfg.format_penalty,
         search_key=search_key_reward(queries, gold_keys, reward_cfg.search_key_mode, decimals),
         info_gain=information_gain(step_docs, gold_docs, fast, reward_cfg.ig_normalize, reward_cfg.ig_fit),
-        redundancy=redundancy_penalty(step_docs, reward_cfg.redundancy_match), has_gold_docs=bool(gold_docs))
+        redundancy=redundancy_penalty(step_docs, reward_cfg.redundancy_match),
+        has_gold_docs=bool(gold_docs),
+    )
     return combine_rewards(scored, reward_cfg)
 
 
@@ -352,15 +371,18 @@ def combine_rewards(scored: TrajectoryRewards, reward_cfg) -> TrajectoryRewards:
     # a failed gate is -1, full stop; a question without gold docs gets no step rewards (released)
     paid = scored.format_ok and scored.has_gold_docs
     # r_t = scale * (IG_t - RP_t), with the components the configuration turns off set to 0
-    steps = [scale * ((g if parts["info_gain"] else 0.0) - (p if parts["redundancy"] else 0.0)) if paid else 0.0
-             for g, p in zip(scored.info_gain, scored.redundancy)]
+    steps = [
+        scale * ((g if parts["info_gain"] else 0.0) - (p if parts["redundancy"] else 0.0)) if paid else 0.0
+        for g, p in zip(scored.info_gain, scored.redundancy)
+    ]
     # r_final = r_answer + 0.618 * r_key (the format gate's penalty stands alone)
     bonus = reward_cfg.search_key_weight * scored.search_key if parts["search_key"] and scored.format_ok else 0.0
     return replace(scored, step_rewards=steps, final_reward=scored.answer_reward + bonus)
 
 
-def place_rewards(n_tokens: int, search_end_idx: Sequence[int], step_rewards: Sequence[float], final_reward: float
-                  ) -> np.ndarray:
+def place_rewards(
+    n_tokens: int, search_end_idx: Sequence[int], step_rewards: Sequence[float], final_reward: float
+) -> np.ndarray:
     """Token-level rewards: r_t on the last token of the t-th </search>, the final reward on the last token."""
     if len(search_end_idx) != len(step_rewards):
         raise ValueError(f"{len(search_end_idx)} search ends but {len(step_rewards)} step rewards")
@@ -386,8 +408,9 @@ def answer_f1_reward(completions: Sequence[str], golden_answers: Sequence[Sequen
     return [answer_reward(c, g) for c, g in zip(completions, golden_answers)]
 
 
-def search_key_score(completions: Sequence[str], search_keys: Sequence[Sequence[Sequence[str]]], mode: str = "released",
-                     **_) -> list[float]:
+def search_key_score(
+    completions: Sequence[str], search_keys: Sequence[Sequence[Sequence[str]]], mode: str = "released", **_
+) -> list[float]:
     """TRL-style: the search-key reward of each completion's ``<search>`` queries (text-parsed: a completion
     that holds forced warning text should pass its generated queries to `search_key_reward` instead)."""
     return [search_key_reward(extract_queries(c), k, mode) for c, k in zip(completions, search_keys)]
@@ -396,5 +419,8 @@ def search_key_score(completions: Sequence[str], search_keys: Sequence[Sequence[
 def gold_of(rec: dict) -> dict:
     """The reward-side gold of a StepSearch record: answers, gold queries, gold documents (each supporting
     paragraph's ``paragraph_text`` without its title, as the released reward compares them)."""
-    return {"answers": [rec["final_answer"], *rec.get("answer_aliases", [])], "gold_keys": rec["sub_searchs"],
-            "gold_docs": [d["paragraph_text"] for d in rec["sub_support_docs"]]}
+    return {
+        "answers": [rec["final_answer"], *rec.get("answer_aliases", [])],
+        "gold_keys": rec["sub_searchs"],
+        "gold_docs": [d["paragraph_text"] for d in rec["sub_support_docs"]],
+    }

@@ -154,10 +154,12 @@ def hf_generate_turn(model, tokenizer, sequences: list[list[int]], spec: Samplin
     pad = tokenizer.pad_token_id
     input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in sequences])
     attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences])
-    kwargs = dict(max_new_tokens=spec.max_new_tokens, pad_token_id=pad, stop_strings=list(STOP_STRINGS),
-                  tokenizer=tokenizer)
-    kwargs.update(do_sample=False) if spec.greedy else kwargs.update(do_sample=True, temperature=spec.temperature,
-                                                                    top_p=spec.top_p, top_k=0)
+    kwargs = dict(
+        max_new_tokens=spec.max_new_tokens, pad_token_id=pad, stop_strings=list(STOP_STRINGS), tokenizer=tokenizer
+    )
+    kwargs.update(do_sample=False) if spec.greedy else kwargs.update(
+        do_sample=True, temperature=spec.temperature, top_p=spec.top_p, top_k=0
+    )
     with torch.no_grad():
         out = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device), **kwargs)
     turns = []
@@ -183,7 +185,9 @@ def generation_copy(model, dtype: str):
 
     if dtype not in ("bfloat16", "float16", "float32"):
         raise ValueError(f"rollout.generation_dtype must be '', bfloat16, float16 or float32, got {dtype!r}")
-    if getattr(model, "is_loaded_in_4bit", False) or getattr(getattr(model, "base_model", None), "is_loaded_in_4bit", False):
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(
+        getattr(model, "base_model", None), "is_loaded_in_4bit", False
+    ):
         return model  # a 4-bit policy already computes in its compute dtype
     gen = copy.deepcopy(model)
     if hasattr(gen, "merge_and_unload"):
@@ -196,11 +200,30 @@ ENGINES = ("kv", "reprefill", "hf")
 decoder re-prefilling every row each turn: the exactness reference) or ``hf`` (HF ``generate`` per turn)."""
 
 
-def rollout(model, tokenizer, questions: Sequence[str], retriever: Retriever, *, topk: int = 3, max_turns: int = 5,
-            max_new_tokens: int = 256, max_length: int = 4096, batch_size: int = 8, greedy: bool = False,
-            temperature: float = 1.0, top_p: float = 0.95, template: str = "plan", doc_words: int = 0,
-            seed: int = 0, generation_dtype: str = "", turn_logic: str = "released", doc_render: str = "released",
-            max_obs_tokens: int = 800, engine: str = "kv", compute_dtype: str = "float32") -> list[Trajectory]:
+def rollout(
+    model,
+    tokenizer,
+    questions: Sequence[str],
+    retriever: Retriever,
+    *,
+    topk: int = 3,
+    max_turns: int = 5,
+    max_new_tokens: int = 256,
+    max_length: int = 4096,
+    batch_size: int = 8,
+    greedy: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 0.95,
+    template: str = "plan",
+    doc_words: int = 0,
+    seed: int = 0,
+    generation_dtype: str = "",
+    turn_logic: str = "released",
+    doc_render: str = "released",
+    max_obs_tokens: int = 800,
+    engine: str = "kv",
+    compute_dtype: str = "float32",
+) -> list[Trajectory]:
     """Roll out one episode per question; batches of ``batch_size`` generate together.
 
     ``generation_dtype`` (e.g. ``bfloat16``): sample from a merged copy of the policy in that dtype
@@ -212,17 +235,26 @@ def rollout(model, tokenizer, questions: Sequence[str], retriever: Retriever, *,
     model.eval()
     policy, model = model, (generation_copy(model, generation_dtype) if generation_dtype else model)
     spec = Sampling(greedy, temperature, top_p, max_new_tokens)
-    opts = dict(topk=topk, max_turns=max_turns, max_length=max_length, doc_words=doc_words, turn_logic=turn_logic,
-                doc_render=doc_render, max_obs_tokens=max_obs_tokens, engine=engine)
+    opts = dict(
+        topk=topk,
+        max_turns=max_turns,
+        max_length=max_length,
+        doc_words=doc_words,
+        turn_logic=turn_logic,
+        doc_render=doc_render,
+        max_obs_tokens=max_obs_tokens,
+        engine=engine,
+    )
     trajectories: list[Trajectory] = []
-    bar = tqdm(total=len(questions), desc="rollout", unit="question", leave=False,
-               disable=len(questions) <= batch_size)
+    bar = tqdm(total=len(questions), desc="rollout", unit="question", leave=False, disable=len(questions) <= batch_size)
     with torch.random.fork_rng(devices=[]), compute_autocast(compute_dtype, model.device):
         torch.manual_seed(seed)  # the hf engine samples from the global generator (forked here)
         generator = torch.Generator().manual_seed(seed)
         for start in range(0, len(questions), batch_size):
-            batch = [Trajectory(q, _encode(tokenizer, build_prompt(q, template, tokenizer)))
-                     for q in questions[start:start + batch_size]]
+            batch = [
+                Trajectory(q, _encode(tokenizer, build_prompt(q, template, tokenizer)))
+                for q in questions[start : start + batch_size]
+            ]
             _run_batch(model, tokenizer, batch, retriever, spec, generator, **opts)
             trajectories += batch
             bar.update(len(batch))
@@ -240,19 +272,43 @@ def _observe(tokenizer, text: str, max_obs_tokens: int) -> tuple[list[int], str]
     return ids, text
 
 
-def _run_batch(model, tokenizer, batch: list[Trajectory], retriever, spec: Sampling, generator, *, topk, max_turns,
-               max_length, doc_words, turn_logic, doc_render, max_obs_tokens, engine) -> None:
+def _run_batch(
+    model,
+    tokenizer,
+    batch: list[Trajectory],
+    retriever,
+    spec: Sampling,
+    generator,
+    *,
+    topk,
+    max_turns,
+    max_length,
+    doc_words,
+    turn_logic,
+    doc_render,
+    max_obs_tokens,
+    engine,
+) -> None:
     """Play one batch of episodes to the end: turns sampled together, observations appended per row."""
-    decoder = None if engine == "hf" else BatchDecoder(
-        model, tokenizer, {i: t.prompt_ids for i, t in enumerate(batch)}, reuse_cache=engine == "kv")
+    decoder = (
+        None
+        if engine == "hf"
+        else BatchDecoder(model, tokenizer, {i: t.prompt_ids for i, t in enumerate(batch)}, reuse_cache=engine == "kv")
+    )
     for round_idx in range(rounds_of(max_turns)):
         active = [i for i, t in enumerate(batch) if not t.done]
         if not active:
             return
         # 1. the policy's turn, token in / token out: the sampled ids are the trainable response
         if decoder is None:
-            sampled = dict(zip(active, hf_generate_turn(model, tokenizer, [batch[i].prompt_ids + batch[i].response_ids
-                                                                             for i in active], spec)))
+            sampled = dict(
+                zip(
+                    active,
+                    hf_generate_turn(
+                        model, tokenizer, [batch[i].prompt_ids + batch[i].response_ids for i in active], spec
+                    ),
+                )
+            )
             logps = {i: None for i in active}
         else:
             decoder.keep(active)
@@ -298,13 +354,31 @@ def _run_batch(model, tokenizer, batch: list[Trajectory], retriever, spec: Sampl
         traj.done = True
 
 
-def rollout_from_config(model, tokenizer, questions: Sequence[str], retriever: Retriever, cfg, greedy: bool = False,
-                        seed: int | None = None) -> list[Trajectory]:
+def rollout_from_config(
+    model, tokenizer, questions: Sequence[str], retriever: Retriever, cfg, greedy: bool = False, seed: int | None = None
+) -> list[Trajectory]:
     """`rollout` driven by a `Config` (rollout + retrieval sections)."""
     r = cfg.rollout
-    return rollout(model, tokenizer, questions, retriever, topk=cfg.retrieval.topk, max_turns=r.max_turns,
-                   max_new_tokens=r.max_new_tokens, max_length=r.max_prompt_tokens, batch_size=r.batch_size,
-                   greedy=greedy, temperature=r.temperature, top_p=r.top_p, template=r.template,
-                   doc_words=r.doc_words, seed=cfg.seed if seed is None else seed,
-                   generation_dtype=r.generation_dtype, turn_logic=r.turn_logic, doc_render=r.doc_render,
-                   max_obs_tokens=r.max_obs_tokens, engine=r.engine, compute_dtype=resolved_compute_dtype(cfg.model))
+    return rollout(
+        model,
+        tokenizer,
+        questions,
+        retriever,
+        topk=cfg.retrieval.topk,
+        max_turns=r.max_turns,
+        max_new_tokens=r.max_new_tokens,
+        max_length=r.max_prompt_tokens,
+        batch_size=r.batch_size,
+        greedy=greedy,
+        temperature=r.temperature,
+        top_p=r.top_p,
+        template=r.template,
+        doc_words=r.doc_words,
+        seed=cfg.seed if seed is None else seed,
+        generation_dtype=r.generation_dtype,
+        turn_logic=r.turn_logic,
+        doc_render=r.doc_render,
+        max_obs_tokens=r.max_obs_tokens,
+        engine=r.engine,
+        compute_dtype=resolved_compute_dtype(cfg.model),
+    )

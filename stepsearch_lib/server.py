@@ -83,13 +83,19 @@ async def _send_error(send, status: int, message: str) -> None:
     import json
 
     body = json.dumps({"error": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(retriever: Retriever, default_topk: int = 3, limits: ServerLimits | None = None,
-               meta: dict | None = None):
+def create_app(
+    retriever: Retriever, default_topk: int = 3, limits: ServerLimits | None = None, meta: dict | None = None
+):
     """The FastAPI app serving ``retriever`` (wrapped in the body-limit middleware); ``limits`` None: the defaults."""
     limits = limits or ServerLimits()
     from fastapi import FastAPI, Request
@@ -164,10 +170,11 @@ def create_app(retriever: Retriever, default_topk: int = 3, limits: ServerLimits
 def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
-    ap = argparse.ArgumentParser(description="Serve index folders over the Search-R1 /retrieve API.",
-                                 epilog="example: stepsearch server --index runs/cpu/index/dense --index runs/cpu/index/bm25 "
-                                        "--port 8000",
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description="Serve index folders over the Search-R1 /retrieve API.",
+        epilog="example: stepsearch server --index runs/cpu/index/dense --index runs/cpu/index/bm25 --port 8000",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--index", action="append", required=True, help="index folder (repeat for hybrid)")
     ap.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     ap.add_argument("--port", type=int, default=8000)
@@ -180,8 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     retriever = retriever_from_dirs(args.index)
     meta = getattr(retriever, "meta", {"kind": "hybrid", "indexes": args.index})
-    limits = ServerLimits(max_queries=args.max_queries, max_topk=args.max_topk, max_query_chars=args.max_query_chars,
-                          max_body_bytes=args.max_body_bytes, body_timeout_s=args.body_timeout)
+    limits = ServerLimits(
+        max_queries=args.max_queries,
+        max_topk=args.max_topk,
+        max_query_chars=args.max_query_chars,
+        max_body_bytes=args.max_body_bytes,
+        body_timeout_s=args.body_timeout,
+    )
     uvicorn.run(create_app(retriever, args.topk, limits, meta), host=args.host, port=args.port, log_level="info")
     return 0
 

@@ -32,22 +32,40 @@ from .rollout import rollout_from_config
 from .stepsearch_format import read_stepsearch
 
 
-def sft_train(model, tokenizer, rows: Sequence[dict], out_dir: Path | str, lr: float = 5e-4, epochs: float = 1.0,
-              batch_size: int = 4, seed: int = 0) -> dict:
+def sft_train(
+    model,
+    tokenizer,
+    rows: Sequence[dict],
+    out_dir: Path | str,
+    lr: float = 5e-4,
+    epochs: float = 1.0,
+    batch_size: int = 4,
+    seed: int = 0,
+) -> dict:
     """Train ``model`` (a peft LoRA model) on demonstration rows; save the adapter to ``out_dir``."""
     import datasets
     from trl import SFTConfig, SFTTrainer
 
     if not rows:
         raise ValueError("no demonstration rows to train on")
-    ds = datasets.Dataset.from_list([{"input_ids": r["input_ids"], "completion_mask": r["completion_mask"]}
-                                     for r in rows])
+    ds = datasets.Dataset.from_list(
+        [{"input_ids": r["input_ids"], "completion_mask": r["completion_mask"]} for r in rows]
+    )
     out_dir = Path(out_dir)
     with atomic_path(out_dir, is_dir=True) as tmp:
-        args = SFTConfig(output_dir=str(tmp / "trainer"), per_device_train_batch_size=batch_size,
-                         num_train_epochs=epochs, learning_rate=lr, completion_only_loss=True, report_to=[],
-                         save_strategy="no", logging_steps=1, max_length=None, seed=seed,
-                         use_cpu=not _cuda())
+        args = SFTConfig(
+            output_dir=str(tmp / "trainer"),
+            per_device_train_batch_size=batch_size,
+            num_train_epochs=epochs,
+            learning_rate=lr,
+            completion_only_loss=True,
+            report_to=[],
+            save_strategy="no",
+            logging_steps=1,
+            max_length=None,
+            seed=seed,
+            use_cpu=not _cuda(),
+        )
         trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer)
         result = trainer.train()
         model.save_pretrained(str(tmp))
@@ -83,44 +101,82 @@ def protocol_check(model, tokenizer, records: Sequence[dict], retriever, cfg) ->
     """Greedy rollouts on ``records``: format-gate pass rate (the reward's gate), search rate, F1."""
 
     trajs = rollout_from_config(model, tokenizer, [r["question"] for r in records], retriever, cfg, greedy=True)
-    scored = [score_trajectory(t.response_text(tokenizer), t.queries, t.step_docs, reward_cfg=cfg.reward, **gold_of(r))
-              for t, r in zip(trajs, records)]
+    scored = [
+        score_trajectory(t.response_text(tokenizer), t.queries, t.step_docs, reward_cfg=cfg.reward, **gold_of(r))
+        for t, r in zip(trajs, records)
+    ]
     n = max(1, len(trajs))
-    return {"questions": len(trajs), **protocol_rates(trajs, scored),
-            "searches_per_question": sum(t.num_searches for t in trajs) / n,
-            "answer_f1": sum(s.answer_f1 for s in scored) / n,
-            "search_key": sum(s.search_key for s in scored) / n,
-            "examples": [t.response_text(tokenizer) for t in trajs[:2]]}
+    return {
+        "questions": len(trajs),
+        **protocol_rates(trajs, scored),
+        "searches_per_question": sum(t.num_searches for t in trajs) / n,
+        "answer_f1": sum(s.answer_f1 for s in scored) / n,
+        "search_key": sum(s.search_key for s in scored) / n,
+        "examples": [t.response_text(tokenizer) for t in trajs[:2]],
+    }
 
 
-def warm_start(cfg, records: Sequence[dict] | None = None, dev_records: Sequence[dict] | None = None,
-               retriever=None) -> dict:
+def warm_start(
+    cfg, records: Sequence[dict] | None = None, dev_records: Sequence[dict] | None = None, retriever=None
+) -> dict:
     """Build demonstrations from the profile's constructed training data, train the SFT warm start,
     check the protocol rates on held-out dev records before and after; returns (and writes) a report."""
 
     t = cfg.train
-    records = records if records is not None else read_stepsearch(
-        require(cfg.path("data", "stepsearch_train.jsonl"), stage_command("construct", cfg)))
-    dev_records = dev_records if dev_records is not None else read_stepsearch(
-        require(cfg.path("data", "stepsearch_dev.jsonl"), stage_command("construct", cfg)))
-    dev_records = list(dev_records)[:t.sft_eval_questions]
+    records = (
+        records
+        if records is not None
+        else read_stepsearch(require(cfg.path("data", "stepsearch_train.jsonl"), stage_command("construct", cfg)))
+    )
+    dev_records = (
+        dev_records
+        if dev_records is not None
+        else read_stepsearch(require(cfg.path("data", "stepsearch_dev.jsonl"), stage_command("construct", cfg)))
+    )
+    dev_records = list(dev_records)[: t.sft_eval_questions]
     retriever = retriever if retriever is not None else profile_retriever(cfg)
     model, tok = policy_from_config(cfg)
     t0 = time.perf_counter()
     before = protocol_check(model, tok, dev_records, retriever, cfg)
     t_check = time.perf_counter() - t0
-    rows = build_demonstrations(records, retriever, tok, n=t.sft_examples, topk=cfg.retrieval.topk,
-                                doc_words=cfg.rollout.doc_words, template=cfg.rollout.template, seed=cfg.seed,
-                                doc_render=cfg.rollout.doc_render, queries=t.sft_queries)
+    rows = build_demonstrations(
+        records,
+        retriever,
+        tok,
+        n=t.sft_examples,
+        topk=cfg.retrieval.topk,
+        doc_words=cfg.rollout.doc_words,
+        template=cfg.rollout.template,
+        seed=cfg.seed,
+        doc_render=cfg.rollout.doc_render,
+        queries=t.sft_queries,
+    )
     t0 = time.perf_counter()
-    info = sft_train(model, tok, rows, warm_start_dir(cfg), lr=t.sft_lr, epochs=t.sft_epochs,
-                     batch_size=t.sft_batch_size, seed=cfg.seed)
+    info = sft_train(
+        model,
+        tok,
+        rows,
+        warm_start_dir(cfg),
+        lr=t.sft_lr,
+        epochs=t.sft_epochs,
+        batch_size=t.sft_batch_size,
+        seed=cfg.seed,
+    )
     t_train = time.perf_counter() - t0
     after = protocol_check(model, tok, dev_records, retriever, cfg)
-    report = {"profile": cfg.profile, "settings": warm_start_settings(cfg), "demonstrations": len(rows),
-              "mean_demo_tokens": sum(len(r["input_ids"]) for r in rows) / len(rows),
-              "train_loss": info["train_loss"], "optimizer_steps": info["steps"], "train_s": t_train,
-              "check_s": t_check, "adapter": info["adapter"], "before": before, "after": after}
+    report = {
+        "profile": cfg.profile,
+        "settings": warm_start_settings(cfg),
+        "demonstrations": len(rows),
+        "mean_demo_tokens": sum(len(r["input_ids"]) for r in rows) / len(rows),
+        "train_loss": info["train_loss"],
+        "optimizer_steps": info["steps"],
+        "train_s": t_train,
+        "check_s": t_check,
+        "adapter": info["adapter"],
+        "before": before,
+        "after": after,
+    }
     write_json(warm_start_report_path(cfg), report)
     return report
 
@@ -128,11 +184,22 @@ def warm_start(cfg, records: Sequence[dict] | None = None, dev_records: Sequence
 def warm_start_settings(cfg) -> dict:
     """Everything a warm start depends on; a saved one is reused only when these match."""
     m, t = cfg.model, cfg.train
-    return {"policy": m.policy, "load_in_4bit": m.load_in_4bit, "lora": [m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target],
-            "examples": t.sft_examples, "lr": t.sft_lr, "epochs": t.sft_epochs, "batch_size": t.sft_batch_size,
-            "eval_questions": t.sft_eval_questions, "seed": cfg.seed, "retrieval": [cfg.retrieval.kind, cfg.retrieval.topk],
-            "doc_words": cfg.rollout.doc_words, "template": cfg.rollout.template,
-            "doc_render": cfg.rollout.doc_render, **({"queries": t.sft_queries} if t.sft_queries != "gold" else {})}
+    return {
+        "policy": m.policy,
+        "load_in_4bit": m.load_in_4bit,
+        "lora": [m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target],
+        "examples": t.sft_examples,
+        "lr": t.sft_lr,
+        "epochs": t.sft_epochs,
+        "batch_size": t.sft_batch_size,
+        "eval_questions": t.sft_eval_questions,
+        "seed": cfg.seed,
+        "retrieval": [cfg.retrieval.kind, cfg.retrieval.topk],
+        "doc_words": cfg.rollout.doc_words,
+        "template": cfg.rollout.template,
+        "doc_render": cfg.rollout.doc_render,
+        **({"queries": t.sft_queries} if t.sft_queries != "gold" else {}),
+    }
 
 
 def warm_start_dir(cfg) -> Path:
@@ -177,9 +244,11 @@ def ensure_warm_start(cfg) -> dict:
 
 @door
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="SFT warm start: teach the policy the search protocol.",
-                                 epilog="example: stepsearch sft --profile cpu --seed 1 --set train.sft_lr=1e-4",
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description="SFT warm start: teach the policy the search protocol.",
+        epilog="example: stepsearch sft --profile cpu --seed 1 --set train.sft_lr=1e-4",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_config_args(ap)
     report = warm_start(config_from_args(ap.parse_args(argv)))
     for when in ("before", "after"):

@@ -35,8 +35,9 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, 
     return whitened if shift_mean else whitened + mean
 
 
-def kl_penalised_rewards(token_rewards: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
-                         mask: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def kl_penalised_rewards(
+    token_rewards: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, beta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     r"""r'_t = r_t - beta * (log pi(a_t|s_t) - log pi_ref(a_t|s_t)) on trainable tokens; returns (r', kl).
 
     $r'_t = r_t - \beta (\log \pi_\theta(y_t) - \log \pi_\mathrm{ref}(y_t))$
@@ -46,8 +47,9 @@ def kl_penalised_rewards(token_rewards: torch.Tensor, logprobs: torch.Tensor, re
     return token_rewards - beta * kl, kl
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
-        ) -> tuple[torch.Tensor, torch.Tensor]:
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Generalised advantage estimation over the trainable tokens of each row (vectorised over rows).
 
     $\delta_t = r_t + \gamma V(s_{t+1}) - V(s_t)$, $A_t = \delta_t + \gamma \lambda A_{t+1}$, $R_t = A_t + V(s_t)$
@@ -80,8 +82,9 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return advantages, returns
 
 
-def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                clip: float) -> tuple[torch.Tensor, dict]:
+def policy_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip: float
+) -> tuple[torch.Tensor, dict]:
     r"""Clipped surrogate: L = -E[min(rho A, clip(rho, 1-eps, 1+eps) A)], rho = exp(log pi - log pi_old).
 
     $L^\mathrm{CLIP} = -\mathbb E_t[\min(\rho_t A_t, \mathrm{clip}(\rho_t, 1 - \epsilon, 1 + \epsilon) A_t)]$
@@ -91,13 +94,16 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     surrogate = torch.min(ratio * advantages, torch.clamp(ratio, 1 - clip, 1 + clip) * advantages)
     loss = -masked_mean(surrogate, mask)
     with torch.no_grad():
-        stats = {"losses/clipfrac": masked_mean(((ratio - 1).abs() > clip).float(), mask).item(),
-                 "losses/approx_kl": masked_mean(0.5 * (logprobs - old_logprobs) ** 2, mask).item()}
+        stats = {
+            "losses/clipfrac": masked_mean(((ratio - 1).abs() > clip).float(), mask).item(),
+            "losses/approx_kl": masked_mean(0.5 * (logprobs - old_logprobs) ** 2, mask).item(),
+        }
     return loss, stats
 
 
-def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-               clip: float) -> torch.Tensor:
+def value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float
+) -> torch.Tensor:
     """Clipped value loss: 0.5 E[max((V - R)^2, (clip(V, V_old - c, V_old + c) - R)^2)]."""
     clipped = old_values + torch.clamp(values - old_values, -clip, clip)
     # L^V = 0.5 max((V - R)^2, (V_clip - R)^2)
@@ -113,9 +119,15 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- the update
 
 
-def advantages_and_returns(token_rewards: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
-                           old_values: torch.Tensor, action_mask: torch.Tensor, stats_mask: torch.Tensor, ppo
-                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def advantages_and_returns(
+    token_rewards: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    old_values: torch.Tensor,
+    action_mask: torch.Tensor,
+    stats_mask: torch.Tensor,
+    ppo,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The advantage phase of an update: (A, R, kl).
 
     r'_t = r_t - beta (log pi - log pi_ref) on generated tokens; A, R by GAE over ``stats_mask``;
@@ -192,8 +204,9 @@ def optimizer_step(opt, max_grad_norm: float, world=None) -> None:
     opt.zero_grad()
 
 
-def steppo_update(actor, critic, actor_opt, critic_opt, batch, ppo, seed: int = 0, world=None,
-                  update_actor: bool = True) -> dict:
+def steppo_update(
+    actor, critic, actor_opt, critic_opt, batch, ppo, seed: int = 0, world=None, update_actor: bool = True
+) -> dict:
     """One StePPO update on a rollout batch (global-reward PPO is the same update on a batch
     built without step rewards). Returns namespaced metrics.
 
@@ -206,12 +219,18 @@ def steppo_update(actor, critic, actor_opt, critic_opt, batch, ppo, seed: int = 
     actor.eval()
     critic.eval()
     # the behaviour policy's log-probs: as the rollout sampled them, else recomputed
-    old_logprobs = batch.old_logprobs if batch.old_logprobs is not None else no_grad_pass(
-        lambda b: token_logprobs(actor, b.input_ids, b.attention_mask, b.action_mask)[0], batch, NO_GRAD_CHUNK)
+    old_logprobs = (
+        batch.old_logprobs
+        if batch.old_logprobs is not None
+        else no_grad_pass(
+            lambda b: token_logprobs(actor, b.input_ids, b.attention_mask, b.action_mask)[0], batch, NO_GRAD_CHUNK
+        )
+    )
     old_values = no_grad_pass(lambda b: critic(b.input_ids, b.attention_mask), batch, NO_GRAD_CHUNK)
     ref_logprobs = no_grad_pass(lambda b: reference_logprobs(actor, b), batch, NO_GRAD_CHUNK)
-    advantages, returns, kl = advantages_and_returns(batch.token_rewards, old_logprobs, ref_logprobs, old_values, mask,
-                                                     stats, ppo)
+    advantages, returns, kl = advantages_and_returns(
+        batch.token_rewards, old_logprobs, ref_logprobs, old_values, mask, stats, ppo
+    )
     ev = explained_variance(old_values, returns, stats)  # of the critic that produced these values
 
     actor.train()
@@ -223,7 +242,7 @@ def steppo_update(actor, critic, actor_opt, critic_opt, batch, ppo, seed: int = 
     for epoch in range(ppo.ppo_epochs):
         order = torch.randperm(n, generator=gen).tolist()
         for k, start in enumerate(starts):
-            idx = order[start:start + ppo.minibatch_size]
+            idx = order[start : start + ppo.minibatch_size]
             mb = batch.select(idx, trim=True)  # without the columns that are padding in both rows
             w = mb.input_ids.shape[1]
             m = mb.action_mask
@@ -247,8 +266,12 @@ def steppo_update(actor, critic, actor_opt, critic_opt, batch, ppo, seed: int = 
                 (vf_loss / ppo.grad_accum).backward()
             if step_now:
                 optimizer_step(critic_opt, ppo.max_grad_norm, world)
-            for key, value in {"losses/policy": pg_loss.item(), "losses/value": vf_loss.item(),
-                               "losses/entropy": ent.item(), **pg_stats}.items():
+            for key, value in {
+                "losses/policy": pg_loss.item(),
+                "losses/value": vf_loss.item(),
+                "losses/entropy": ent.item(),
+                **pg_stats,
+            }.items():
                 logs.setdefault(key, []).append(value)
     out = {k: sum(v) / len(v) for k, v in logs.items()}
     out["losses/kl_ref"] = (kl.sum() / mask.sum().clamp(min=1)).item()

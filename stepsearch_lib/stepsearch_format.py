@@ -39,6 +39,7 @@ def write_stepsearch(records: list[dict], out_dir: Path | str, name: str) -> dic
 
 def validate(rec: dict, at: str) -> dict:
     """Check a StepSearch record's fields and types; errors name ``at`` and the field."""
+
     def fail(msg: str):
         raise DataFormatError(f"{at}: {msg}")
 
@@ -50,8 +51,10 @@ def validate(rec: dict, at: str) -> dict:
     subs, docs = rec.get("sub_searchs"), rec.get("sub_support_docs")
     if not isinstance(subs, list) or not all(isinstance(q, list) and all(isinstance(x, str) for x in q) for q in subs):
         fail("field 'sub_searchs' must be a list of lists of queries")
-    if not isinstance(docs, list) or not all(isinstance(d, dict) and isinstance(d.get("title"), str)
-                                             and isinstance(d.get("paragraph_text"), str) for d in docs):
+    if not isinstance(docs, list) or not all(
+        isinstance(d, dict) and isinstance(d.get("title"), str) and isinstance(d.get("paragraph_text"), str)
+        for d in docs
+    ):
         fail("field 'sub_support_docs' must be a list of {title, paragraph_text}")
     return rec
 
@@ -59,7 +62,9 @@ def validate(rec: dict, at: str) -> dict:
 def read_stepsearch(path: Path | str) -> list[dict]:
     """StepSearch records from ``.jsonl`` / ``.json`` or a released ``.parquet`` file."""
     path = Path(path)
-    rows: Iterator[tuple[int | None, dict]] = _iter_parquet(path) if path.suffix == ".parquet" else iter_json_records(path)
+    rows: Iterator[tuple[int | None, dict]] = (
+        _iter_parquet(path) if path.suffix == ".parquet" else iter_json_records(path)
+    )
     out = []
     for line, row in rows:
         at = where(path, line) if path.suffix != ".parquet" else f"{path} row {line}"
@@ -79,12 +84,14 @@ def _iter_parquet(path: Path):
 
 def _from_verl_row(row: dict[str, Any], at: str) -> dict:
     """A released veRL parquet row -> a StepSearch record."""
-    gt = ((row.get("reward_model") or {}).get("ground_truth") or {})
+    gt = (row.get("reward_model") or {}).get("ground_truth") or {}
     extra = row.get("extra_info") or {}
     keys, docs = gt.get("search_keys"), extra.get("support_docs")
     if keys is None or docs is None:
-        raise DataFormatError(f"{at}: not a StepSearch row (needs reward_model.ground_truth.search_keys and "
-                              f"extra_info.support_docs, or the sub_searchs fields)")
+        raise DataFormatError(
+            f"{at}: not a StepSearch row (needs reward_model.ground_truth.search_keys and "
+            f"extra_info.support_docs, or the sub_searchs fields)"
+        )
     target = gt.get("target", row.get("golden_answers", []))
     answers = [str(t) for t in (list(target) if isinstance(target, (list, tuple)) else [target])]
     if not answers:
@@ -123,6 +130,11 @@ def to_question_record(rec: dict, dataset: str = "musique") -> QuestionRecord:
     first gold query stands in for the sub-question text)."""
     paras = [Paragraph(d["title"], d["paragraph_text"]) for d in rec["sub_support_docs"]]
     subs = [SubQuestion(q[0] if q else "", "", p) for q, p in zip(rec["sub_searchs"], paras)]
-    return QuestionRecord(id=str(rec["id"]), dataset=dataset, question=rec["question"],
-                          answers=[rec["final_answer"], *rec.get("answer_aliases", [])],
-                          gold_paragraphs=paras, sub_questions=subs)
+    return QuestionRecord(
+        id=str(rec["id"]),
+        dataset=dataset,
+        question=rec["question"],
+        answers=[rec["final_answer"], *rec.get("answer_aliases", [])],
+        gold_paragraphs=paras,
+        sub_questions=subs,
+    )

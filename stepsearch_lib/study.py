@@ -70,11 +70,20 @@ def compare_warm_starts(profile: str, overrides: dict | None = None) -> Path:
         report = ensure_warm_start(cfg)
         for when in ("before", "after"):
             r = report[when]
-            rows.append({"warm_start": queries, "when": when, "questions": r["questions"],
-                         "format_ok": r["format_ok"], "searched": r["searched"],
-                         "searches_per_question": r["searches_per_question"],
-                         "search_key": r.get("search_key", float("nan")), "answer_f1": r["answer_f1"],
-                         "train_s": report["train_s"], "adapter": Path(report["adapter"]).name})
+            rows.append(
+                {
+                    "warm_start": queries,
+                    "when": when,
+                    "questions": r["questions"],
+                    "format_ok": r["format_ok"],
+                    "searched": r["searched"],
+                    "searches_per_question": r["searches_per_question"],
+                    "search_key": r.get("search_key", float("nan")),
+                    "answer_f1": r["answer_f1"],
+                    "train_s": report["train_s"],
+                    "adapter": Path(report["adapter"]).name,
+                }
+            )
     return write_csv(RESULTS / "warm_starts.csv", rows)
 
 
@@ -104,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description="The cpu study: StePPO vs PPO from one warm start, paired seeds (phases warm, pilot, train).",
         epilog="examples:\n  stepsearch study --phase warm\n  stepsearch study --phase pilot --lrs 5e-5\n"
-               "  stepsearch study --phase train --arms steppo --seeds 0 --stop-after 20   (make study ARMS=steppo SEEDS=0)",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "  stepsearch study --phase train --arms steppo --seeds 0 --stop-after 20   (make study ARMS=steppo SEEDS=0)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_config_args(ap)
     ap.add_argument("--phase", choices=("warm", "pilot", "train"), required=True)
     ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=["steppo", "ppo"])

@@ -76,8 +76,11 @@ NOT_TRAINING = {"model.cache_dir", "train.save_every", "train.sft_eval_questions
 def training_settings(cfg, warm_start: Path | None = None) -> dict:
     """Every setting a checkpoint must share with a run that resumes it: each field of the training
     sections (flat ``section.field`` keys), the profile, the seed and the warm start's folder."""
-    settings = {"profile": cfg.profile, "seed": cfg.seed,
-                "warm_start": None if warm_start is None else _relative(Path(warm_start), cfg.run_dir)}
+    settings = {
+        "profile": cfg.profile,
+        "seed": cfg.seed,
+        "warm_start": None if warm_start is None else _relative(Path(warm_start), cfg.run_dir),
+    }
     for section in SETTINGS_SECTIONS:
         for key, value in dataclasses.asdict(getattr(cfg, section)).items():
             if f"{section}.{key}" not in NOT_TRAINING:
@@ -87,8 +90,11 @@ def training_settings(cfg, warm_start: Path | None = None) -> dict:
 
 def settings_diff(saved: dict, now: dict) -> list[str]:
     """``field (checkpoint X, now Y)`` for every setting that differs."""
-    return [f"{k} (checkpoint {saved.get(k, '<absent>')!r}, now {now.get(k, '<absent>')!r})"
-            for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+    return [
+        f"{k} (checkpoint {saved.get(k, '<absent>')!r}, now {now.get(k, '<absent>')!r})"
+        for k in sorted(set(saved) | set(now))
+        if saved.get(k) != now.get(k)
+    ]
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -109,7 +115,9 @@ def build_models(cfg):
         critic = ValueModel(actor, adapter="critic")
         lms = [actor]
     else:
-        critic_cfg = cfg if cfg.model.critic == "separate" else replace(cfg, model=replace(cfg.model, policy=cfg.model.critic))
+        critic_cfg = (
+            cfg if cfg.model.critic == "separate" else replace(cfg, model=replace(cfg.model, policy=cfg.model.critic))
+        )
         critic_lm, _ = policy_from_config(critic_cfg, seed=cfg.seed + 1)  # own fresh LoRA adapter, a value head
         critic = ValueModel(critic_lm)
         lms = [actor, critic_lm]
@@ -146,7 +154,7 @@ def grpo_update(actor, opt, batch, groups: list[int], outcome: list[float], ppo,
     for _ in range(ppo.ppo_epochs):
         order = torch.randperm(len(batch), generator=gen).tolist()
         for start in range(0, len(batch), ppo.minibatch_size):
-            idx = order[start:start + ppo.minibatch_size]
+            idx = order[start : start + ppo.minibatch_size]
             mb = batch.select(idx)
             lp, ent = token_logprobs(actor, mb.input_ids, mb.attention_mask, mask[idx], with_entropy=True)
             loss, stats = policy_loss(lp, old[idx], advantages[idx], mask[idx], ppo.clip_ratio)
@@ -165,9 +173,18 @@ class SettingsMismatchError(UsageError):
     """A run folder holds a checkpoint trained with other settings."""
 
 
-def train(cfg, algo: str | None = None, reward_name: str | None = None, steps: int | None = None,
-          records: list[dict] | None = None, retriever=None, resume: bool = True, world: World | None = None,
-          tag: str = "", stop_after: int | None = None) -> Path:
+def train(
+    cfg,
+    algo: str | None = None,
+    reward_name: str | None = None,
+    steps: int | None = None,
+    records: list[dict] | None = None,
+    retriever=None,
+    resume: bool = True,
+    world: World | None = None,
+    tag: str = "",
+    stop_after: int | None = None,
+) -> Path:
     """Train, appending one JSON line of metrics per step to ``metrics/<run name>.jsonl``.
 
     ``algo``, ``reward_name``, ``steps`` (None: the config's) set ``train.algo``, ``reward.name`` and
@@ -184,8 +201,14 @@ def train(cfg, algo: str | None = None, reward_name: str | None = None, steps: i
     if algo not in ALGOS:
         raise ValueError(f"algo must be one of {ALGOS}, got {algo!r}")
     reward_name = reward_name or ("global_only" if algo == "ppo" else cfg.reward.name)
-    cfg = apply_overrides(cfg, {"train.algo": algo, "reward.name": reward_name,
-                                "train.steps": steps if steps is not None else cfg.train.steps})
+    cfg = apply_overrides(
+        cfg,
+        {
+            "train.algo": algo,
+            "reward.name": reward_name,
+            "train.steps": steps if steps is not None else cfg.train.steps,
+        },
+    )
     steps, reward_cfg = cfg.train.steps, cfg.reward
     name = run_name(algo, reward_name, cfg.seed, tag)
     ckpt_dir, metrics_path = cfg.path("checkpoints", name), cfg.path("metrics", f"{name}.jsonl")
@@ -197,9 +220,13 @@ def train(cfg, algo: str | None = None, reward_name: str | None = None, steps: i
             raise SettingsMismatchError(
                 f"{ckpt_dir} holds a run trained with other settings: {'; '.join(diff[:12])}"
                 f"{' ...' if len(diff) > 12 else ''}. Give this run its own name (CLI: --run-name NAME) or delete "
-                f"that folder and metrics/{name}.jsonl yourself.")
-    records = records if records is not None else read_stepsearch(
-        require(cfg.path("data", "stepsearch_train.jsonl"), stage_command("construct", cfg)))
+                f"that folder and metrics/{name}.jsonl yourself."
+            )
+    records = (
+        records
+        if records is not None
+        else read_stepsearch(require(cfg.path("data", "stepsearch_train.jsonl"), stage_command("construct", cfg)))
+    )
     retriever = retriever if retriever is not None else profile_retriever(cfg)
     actor, critic, tok, opt_a, opt_c = build_models(cfg)
     start = 0
@@ -214,15 +241,17 @@ def train(cfg, algo: str | None = None, reward_name: str | None = None, steps: i
     for step in tqdm(range(start, end), desc=f"{name} steps", initial=start, total=steps, disable=not world.is_main):
         # ---- 2. sample this step's questions (a function of seed and step: a resumed run draws the same ones)
         t0 = time.perf_counter()
-        chosen = _step_questions(records, per_rank * world.size, cfg.seed, step)[world.rank * per_rank:][:per_rank]
+        chosen = _step_questions(records, per_rank * world.size, cfg.seed, step)[world.rank * per_rank :][:per_rank]
         chosen = [r for r in chosen for _ in range(group)]
         step_seed = cfg.seed * SEED_STRIDE + step + RANK_STRIDE * world.rank
         # ---- 3. roll out: multi-turn search episodes, sampled, with the sampler's log-probs kept for PPO
         trajs = rollout_from_config(actor, tok, [r["question"] for r in chosen], retriever, cfg, seed=step_seed)
         t_rollout = time.perf_counter() - t0
         # ---- 4. score: answer, search-key and per-search step rewards; PPO keeps only the final reward
-        scored = [score_trajectory(t.response_text(tok), t.queries, t.step_docs, reward_cfg=reward_cfg, **gold_of(r))
-                  for t, r in zip(trajs, chosen)]
+        scored = [
+            score_trajectory(t.response_text(tok), t.queries, t.step_docs, reward_cfg=reward_cfg, **gold_of(r))
+            for t, r in zip(trajs, chosen)
+        ]
         batch = build_batch(trajs, scored, tok.pad_token_id, use_step_rewards=algo == "steppo")
         # ---- 5. update: learning rates of this step, then StePPO / PPO (actor + critic) or GRPO
         # linear learning-rate warm-up (released: 28.5 % of the updates actor, 5 % critic), derived from the step
@@ -230,40 +259,77 @@ def train(cfg, algo: str | None = None, reward_name: str | None = None, steps: i
         lr_c = cfg.ppo.critic_lr * warmup_factor(step, steps, cfg.ppo.critic_warmup_frac)
         set_lr(opt_a, lr_a)
         set_lr(opt_c, lr_c)
-        set_activation_checkpointing([actor, critic.backbone], cfg.train.gradient_checkpointing and (
-            _minibatch_tokens(batch, cfg.ppo.minibatch_size) > cfg.train.checkpoint_above_tokens))
+        set_activation_checkpointing(
+            [actor, critic.backbone],
+            cfg.train.gradient_checkpointing
+            and (_minibatch_tokens(batch, cfg.ppo.minibatch_size) > cfg.train.checkpoint_above_tokens),
+        )
         with torch.random.fork_rng(devices=[]), compute_autocast(compute_dtype, actor.device):
             torch.manual_seed(step_seed)
             if algo == "grpo":
                 outcome = [s.final_reward + sum(s.step_rewards) for s in scored]
-                losses = grpo_update(actor, opt_a, batch, [i // group for i in range(len(chosen))], outcome, cfg.ppo,
-                                     cfg.seed + step, world)
+                losses = grpo_update(
+                    actor,
+                    opt_a,
+                    batch,
+                    [i // group for i in range(len(chosen))],
+                    outcome,
+                    cfg.ppo,
+                    cfg.seed + step,
+                    world,
+                )
             else:
-                losses = steppo_update(actor, critic, opt_a, opt_c, batch, cfg.ppo, seed=cfg.seed + step, world=world,
-                                       update_actor=step >= cfg.ppo.critic_warmup_updates)
+                losses = steppo_update(
+                    actor,
+                    critic,
+                    opt_a,
+                    opt_c,
+                    batch,
+                    cfg.ppo,
+                    seed=cfg.seed + step,
+                    world=world,
+                    update_actor=step >= cfg.ppo.critic_warmup_updates,
+                )
         # ---- 6. log one metrics line, stop on a non-finite loss, checkpoint every save_every steps and at the end
-        row = mean_over_processes({**_rollout_metrics(trajs, scored), **losses, "lr/actor": lr_a, "lr/critic": lr_c},
-                                  world)
+        row = mean_over_processes(
+            {**_rollout_metrics(trajs, scored), **losses, "lr/actor": lr_a, "lr/critic": lr_c}, world
+        )
         if not all(math.isfinite(v) for k, v in row.items() if k.startswith("losses/")):
-            raise NonFiniteLossError(f"step {step + 1}: non-finite loss {losses}; stopped, kept {latest_checkpoint(ckpt_dir)}")
+            raise NonFiniteLossError(
+                f"step {step + 1}: non-finite loss {losses}; stopped, kept {latest_checkpoint(ckpt_dir)}"
+            )
         save_now = (step + 1) % cfg.train.save_every == 0 or step + 1 == end
         if save_now:
             assert_replicas_equal(params_of(opt_a) + params_of(opt_c), world)
-        row = {"step": step + 1, **row, "time/rollout_s": t_rollout, "time/step_s": time.perf_counter() - t0,
-               "time/activation_checkpointing": float(actor.is_activation_checkpointing),
-               "time/processes": world.size, "memory/peak_rss_mb": peak_rss_mb()}
+        row = {
+            "step": step + 1,
+            **row,
+            "time/rollout_s": t_rollout,
+            "time/step_s": time.perf_counter() - t0,
+            "time/activation_checkpointing": float(actor.is_activation_checkpointing),
+            "time/processes": world.size,
+            "memory/peak_rss_mb": peak_rss_mb(),
+        }
         if world.is_main:
             with open(metrics_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
             if save_now:
-                save_checkpoint(ckpt_dir, step + 1, actor, critic, opt_a, opt_c,
-                                {"algo": algo, "reward": reward_name, "run": name, "settings": settings})
+                save_checkpoint(
+                    ckpt_dir,
+                    step + 1,
+                    actor,
+                    critic,
+                    opt_a,
+                    opt_c,
+                    {"algo": algo, "reward": reward_name, "run": name, "settings": settings},
+                )
         barrier(world)
     return metrics_path
 
 
-def train_arms(cfg, arms: dict[str, str], steps: int | None = None, records: list[dict] | None = None,
-               retriever=None) -> dict[str, Path]:
+def train_arms(
+    cfg, arms: dict[str, str], steps: int | None = None, records: list[dict] | None = None, retriever=None
+) -> dict[str, Path]:
     """{label: metrics JSONL} of one run per ``{label: algo}`` (each with its algorithm's default reward), in order."""
     return {label: train(cfg, algo, steps=steps, records=records, retriever=retriever) for label, algo in arms.items()}
 
@@ -312,12 +378,17 @@ def _rollout_metrics(trajs, scored) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description="Train a search agent with StePPO, PPO or GRPO (data parallel under `accelerate launch`).",
-        epilog="example: stepsearch train --profile cpu --algo ppo --seed 1 --stop-after 20 "
-               "--set ppo.actor_lr=5e-5", formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog="example: stepsearch train --profile cpu --algo ppo --seed 1 --stop-after 20 --set ppo.actor_lr=5e-5",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_config_args(ap)
     ap.add_argument("--algo", choices=ALGOS, default=None, help="default: the config's train.algo (steppo)")
-    ap.add_argument("--reward-config", default=None, help="full, no_info_gain, no_redundancy, no_search_key, no_step, "
-                                                            "global_only (default: reward.name; global_only for ppo)")
+    ap.add_argument(
+        "--reward-config",
+        default=None,
+        help="full, no_info_gain, no_redundancy, no_search_key, no_step, "
+        "global_only (default: reward.name; global_only for ppo)",
+    )
     ap.add_argument("--steps", type=int, default=None, help="updates of the run (train.steps)")
     ap.add_argument("--stop-after", type=int, default=None, metavar="K", help="stop after update K (resume later)")
     ap.add_argument("--run-name", default="", help="added to the run folder's name: <algo>-<reward>-s<seed>-NAME")
@@ -325,8 +396,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cfg = config_from_args(args)
     world = init_world(cpu=not torch.cuda.is_available())
-    path = train(cfg, args.algo, args.reward_config, args.steps, resume=not args.no_resume, world=world,
-                 tag=args.run_name, stop_after=args.stop_after)
+    path = train(
+        cfg,
+        args.algo,
+        args.reward_config,
+        args.steps,
+        resume=not args.no_resume,
+        world=world,
+        tag=args.run_name,
+        stop_after=args.stop_after,
+    )
     if world.is_main:
         print(f"metrics: {path}")
     return 0

@@ -90,8 +90,9 @@ def protocol_model(tokenizer, stepsearch_records, index_dirs):
     from stepsearch_lib.models import build_tiny_model
     from stepsearch_lib.retrieval import load_retriever
 
-    rows = build_demonstrations(stepsearch_records[:4], load_retriever(index_dirs / "bm25"), tokenizer, n=4,
-                                doc_words=20)
+    rows = build_demonstrations(
+        stepsearch_records[:4], load_retriever(index_dirs / "bm25"), tokenizer, n=4, doc_words=20
+    )
     ids, attn, mask = pad_rows(rows, tokenizer.pad_token_id)
     model = build_tiny_model(tokenizer, hidden_size=128, layers=2, seed=0)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -118,9 +119,12 @@ def free_port() -> int:
 def running_server(index_dir, *extra: str):
     """`python -m stepsearch_lib.server` in a subprocess on a free loopback port: yields its base URL, stops it after."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "stepsearch_lib.server", "--index", str(index_dir),
-                             "--port", str(port), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stepsearch_lib.server", "--index", str(index_dir), "--port", str(port), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -169,6 +173,14 @@ def pytest_sessionfinish(session, exitstatus):
         return
     path = PROJECT_ROOT / "runs" / "reliability" / "stats.json"
     stats = json.loads(path.read_text()) if path.is_file() else {}
-    stats.update({k: {"count": v, "hypothesis_profile": os.environ.get("HYPOTHESIS_PROFILE", "default"),
-                      "passed": exitstatus == 0} for k, v in COUNTS.items()})
+    stats.update(
+        {
+            k: {
+                "count": v,
+                "hypothesis_profile": os.environ.get("HYPOTHESIS_PROFILE", "default"),
+                "passed": exitstatus == 0,
+            }
+            for k, v in COUNTS.items()
+        }
+    )
     write_json(path, stats)

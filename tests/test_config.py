@@ -18,8 +18,11 @@ def test_every_field_has_a_docstring():
             for i, stmt in enumerate(body):
                 if isinstance(stmt, ast.AnnAssign):
                     nxt = body[i + 1] if i + 1 < len(body) else None
-                    if not (isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
-                            and isinstance(nxt.value.value, str)):
+                    if not (
+                        isinstance(nxt, ast.Expr)
+                        and isinstance(nxt.value, ast.Constant)
+                        and isinstance(nxt.value.value, str)
+                    ):
                         missing.append(f"{node.name}.{stmt.target.id}")
     assert not missing, missing
 

@@ -22,8 +22,11 @@ def musique_train(data_root):
 def test_placeholders_resolve_on_real_records(musique_train):
     hops = decompose(musique_train["2hop__102789_75372"])
     assert [h.question for h in hops] == ["What country is Tai Chi-tao from?", "how much debt do we have with China"]
-    three = next(r for r in musique_train.values() if "Albert, King of #1 >> place of birth" in
-                 [s.question for s in r.sub_questions])
+    three = next(
+        r
+        for r in musique_train.values()
+        if "Albert, King of #1 >> place of birth" in [s.question for s in r.sub_questions]
+    )
     assert decompose(three)[1].question == "What is the place of birth of Albert, King of Sweden?"
     assert decompose(three)[2].question == "In what city did Nicholas I, Lord of Mecklenburg die?"
     with pytest.raises(ValueError, match="#3"):
@@ -42,8 +45,17 @@ def test_2wiki_and_hotpot_decompositions(data_root):
     assert [h.answer for h in decompose(w)] == ["Dillon Francis", "October 5, 1987"]
     dev = load_questions(data_root / "2wikimultihopqa" / "dev_subset.jsonl", limit=1)[0]
     assert [(h.question, h.answer, h.paragraph.title) for h in decompose(dev)] == [
-        ("What is the father of Karl, Prince of Leiningen?", "Emich, 5th Prince of Leiningen", "Karl, Prince of Leiningen"),
-        ("What is the date of birth of Emich, 5th Prince of Leiningen?", "18 January 1866", "Emich, 5th Prince of Leiningen")]
+        (
+            "What is the father of Karl, Prince of Leiningen?",
+            "Emich, 5th Prince of Leiningen",
+            "Karl, Prince of Leiningen",
+        ),
+        (
+            "What is the date of birth of Emich, 5th Prince of Leiningen?",
+            "18 January 1866",
+            "Emich, 5th Prince of Leiningen",
+        ),
+    ]
     hotpot = load_questions(data_root / "hotpotqa" / "hotpot_train_distractor_subset.jsonl")
     for rec in hotpot:
         hops = decompose(rec)
@@ -62,8 +74,10 @@ class ScriptedWriter(QueryWriter):
 
 
 def test_filter_keeps_and_drops_a_known_case(index_dirs, musique_dev, small_corpus, encoder):
-    retrievers = {"dense": load_retriever(index_dirs / "dense", encoder=encoder),
-                  "bm25": load_retriever(index_dirs / "bm25")}
+    retrievers = {
+        "dense": load_retriever(index_dirs / "dense", encoder=encoder),
+        "bm25": load_retriever(index_dirs / "bm25"),
+    }
     rec = next(r for r in musique_dev if r.id.startswith("2hop"))
     res = construct([rec], [ScriptedWriter()], retrievers, small_corpus, topk=3, min_retrievers=2)
     by_query = {(row["hop"], row["query"]): row for row in res.queries}
@@ -77,13 +91,21 @@ def test_filter_keeps_and_drops_a_known_case(index_dirs, musique_dev, small_corp
 
 
 def test_construction_counts_every_stage(index_dirs, musique_dev, small_corpus, encoder):
-    retrievers = {"dense": load_retriever(index_dirs / "dense", encoder=encoder),
-                  "bm25": load_retriever(index_dirs / "bm25")}
+    retrievers = {
+        "dense": load_retriever(index_dirs / "dense", encoder=encoder),
+        "bm25": load_retriever(index_dirs / "bm25"),
+    }
     res = construct(musique_dev, [RuleWriter()], retrievers, small_corpus, topk=5)
     c = res.counts
-    assert c["questions_in"] == len(musique_dev) == c["questions_decomposed"] + sum(
-        v for k, v in c.items() if k.startswith("dropped/") and k != "dropped/hop_without_surviving_query")
-    assert c["questions_kept"] == len(res.records) == c["questions_decomposed"] - c["dropped/hop_without_surviving_query"]
+    assert (
+        c["questions_in"]
+        == len(musique_dev)
+        == c["questions_decomposed"]
+        + sum(v for k, v in c.items() if k.startswith("dropped/") and k != "dropped/hop_without_surviving_query")
+    )
+    assert (
+        c["questions_kept"] == len(res.records) == c["questions_decomposed"] - c["dropped/hop_without_surviving_query"]
+    )
     assert c["queries_written/rules"] == len(res.queries) >= 2 * c["hops"]
     assert 0 < c["questions_kept"] and c["hops_kept"] <= c["hops"]
     for rec in res.records:
@@ -96,17 +118,31 @@ def test_stepsearch_round_trip_jsonl_and_parquet(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rec = {"id": "2hop__1_2", "question": "Q?", "final_answer": "A", "answer_aliases": ["a"],
-           "sub_searchs": [["q1", "q1b"], ["q2"]],
-           "sub_support_docs": [{"title": "T1", "paragraph_text": "P1"}, {"title": "T2", "paragraph_text": "P2"}]}
+    rec = {
+        "id": "2hop__1_2",
+        "question": "Q?",
+        "final_answer": "A",
+        "answer_aliases": ["a"],
+        "sub_searchs": [["q1", "q1b"], ["q2"]],
+        "sub_support_docs": [{"title": "T1", "paragraph_text": "P1"}, {"title": "T2", "paragraph_text": "P2"}],
+    }
     paths = write_stepsearch([rec], tmp_path, "train")
     assert read_stepsearch(paths["jsonl"]) == [rec]
     import datasets
+
     assert datasets.load_from_disk(str(paths["dataset"]))[0] == rec
-    row = {"data_source": "musique", "prompt": [{"role": "user", "content": "Answer it.\nQuestion: Q?\n"}],
-           "reward_model": {"style": "rule", "ground_truth": {"target": ["A", "a"], "search_keys": [["q1", "q1b"], ["q2"]]}},
-           "extra_info": {"index": 7, "support_docs": [{"title": "T1", "paragraph_text": "P1"},
-                                                        {"title": "T2", "paragraph_text": "P2"}]}}
+    row = {
+        "data_source": "musique",
+        "prompt": [{"role": "user", "content": "Answer it.\nQuestion: Q?\n"}],
+        "reward_model": {
+            "style": "rule",
+            "ground_truth": {"target": ["A", "a"], "search_keys": [["q1", "q1b"], ["q2"]]},
+        },
+        "extra_info": {
+            "index": 7,
+            "support_docs": [{"title": "T1", "paragraph_text": "P1"}, {"title": "T2", "paragraph_text": "P2"}],
+        },
+    }
     pq.write_table(pa.Table.from_pylist([row]), tmp_path / "train.parquet")
     got = read_stepsearch(tmp_path / "train.parquet")[0]
     assert {**got, "id": rec["id"]} == rec and got["id"] == "7"
@@ -116,8 +152,19 @@ def test_stepsearch_round_trip_jsonl_and_parquet(tmp_path):
 
 def test_bad_stepsearch_file_names_the_line(tmp_path):
     bad = tmp_path / "musi_answerable_train.jsonl"
-    bad.write_text(json.dumps({"id": "x", "question": "q", "final_answer": "a", "answer_aliases": [],
-                               "sub_searchs": "q1", "sub_support_docs": []}) + "\n")
+    bad.write_text(
+        json.dumps(
+            {
+                "id": "x",
+                "question": "q",
+                "final_answer": "a",
+                "answer_aliases": [],
+                "sub_searchs": "q1",
+                "sub_support_docs": [],
+            }
+        )
+        + "\n"
+    )
     with pytest.raises(ValueError, match=r"musi_answerable_train.jsonl:1: field 'sub_searchs'"):
         read_stepsearch(bad)
 
@@ -164,7 +211,11 @@ class _ChatStandIn(BaseHTTPRequestHandler):
         if "BROKEN" in question:
             payload = {"choices": []}
         else:
-            payload = {"choices": [{"message": {"role": "assistant", "content": "1. Citibank founding year\n2. \"Citibank founded\""}}]}
+            payload = {
+                "choices": [
+                    {"message": {"role": "assistant", "content": '1. Citibank founding year\n2. "Citibank founded"'}}
+                ]
+            }
         data = json.dumps(payload).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
@@ -181,8 +232,9 @@ def test_openai_writer_against_a_local_stand_in():
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        writer = OpenAIWriter(base_url=f"http://127.0.0.1:{server.server_port}/v1", model="gpt-4o", api_key="k",
-                              backoff_s=0.01)
+        writer = OpenAIWriter(
+            base_url=f"http://127.0.0.1:{server.server_port}/v1", model="gpt-4o", api_key="k", backoff_s=0.01
+        )
         out = writer.write_batch(["When was Citibank founded?", "BROKEN", "FLAKY question"])
     finally:
         server.shutdown()

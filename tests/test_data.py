@@ -68,7 +68,10 @@ def test_musique_record_fields(data_root):
     assert sum(r.answerable for r in recs) == 111
     r = next(r for r in recs if r.id == "2hop__102789_75372")
     assert r.answers[0] == "about $1.18 trillion" and r.type == "2hop"
-    assert [s.question for s in r.sub_questions] == ["What country is Tai Chi-tao from?", "how much debt do we have with #1"]
+    assert [s.question for s in r.sub_questions] == [
+        "What country is Tai Chi-tao from?",
+        "how much debt do we have with #1",
+    ]
     assert r.sub_questions[0].answer == "China" and r.sub_questions[0].paragraph in r.gold_paragraphs
 
 
@@ -106,12 +109,19 @@ def test_flashrag_contents_and_dpr_tsv_corpora(tmp_path):
 
 BAD_CASES = [
     ("empty.jsonl", "", "is empty"),
-    ("truncated.jsonl", '{"id": "a", "question": "q", "golden_answers": ["x"]}\n{"id": "b", "quest', ":2: invalid JSON"),
+    (
+        "truncated.jsonl",
+        '{"id": "a", "question": "q", "golden_answers": ["x"]}\n{"id": "b", "quest',
+        ":2: invalid JSON",
+    ),
     ("wrongtype.jsonl", '{"id": "a", "question": 3, "golden_answers": ["x"]}\n', ":1: field 'question' must be str"),
     ("missing.jsonl", '{"id": "a", "golden_answers": ["x"]}\n', ":1: missing field 'question'"),
-    ("dup.jsonl", '{"id": "a", "question": "q", "golden_answers": ["x"]}\n\n{"id": "a", "question": "r", "golden_answers": ["y"]}\n',
-     ":3: duplicate id 'a' (first at line 1)"),
-    ("notobj.jsonl", '[1, 2]\n', ":1: expected a JSON object"),
+    (
+        "dup.jsonl",
+        '{"id": "a", "question": "q", "golden_answers": ["x"]}\n\n{"id": "a", "question": "r", "golden_answers": ["y"]}\n',
+        ":3: duplicate id 'a' (first at line 1)",
+    ),
+    ("notobj.jsonl", "[1, 2]\n", ":1: expected a JSON object"),
     ("unknown.jsonl", '{"id": "a", "foo": 1}\n', ":1: unrecognised record"),
     ("array.json", '[\n{"id": "a", "question": "q", "golden_answers": ["x"]},\n{"id": "b"\n', "invalid JSON"),
 ]

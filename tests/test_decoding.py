@@ -36,8 +36,10 @@ def test_kv_reuse_is_exact(protocol_model, tokenizer, stepsearch_records, bm25, 
     and with transformers' generate per turn."""
     questions = [r["question"] for r in stepsearch_records[:4]]
     kwargs = dict(max_turns=3, max_new_tokens=48, batch_size=batch_size, greedy=True, doc_words=20)
-    runs = {engine: rollout(protocol_model, tokenizer, questions, bm25, engine=engine, **kwargs)
-            for engine in ("kv", "reprefill", "hf")}
+    runs = {
+        engine: rollout(protocol_model, tokenizer, questions, bm25, engine=engine, **kwargs)
+        for engine in ("kv", "reprefill", "hf")
+    }
     for engine in ("reprefill", "hf"):
         assert [t.response_ids for t in runs[engine]] == [t.response_ids for t in runs["kv"]], engine
     assert sum(t.num_searches for t in runs["kv"]) >= 4  # the episodes really went through several turns
@@ -46,14 +48,23 @@ def test_kv_reuse_is_exact(protocol_model, tokenizer, stepsearch_records, bm25, 
 
 def test_token_in_token_out(protocol_model, tokenizer, stepsearch_records, bm25):
     """The trainable response is what was sampled: no decode -> re-encode; forced tokens sit between turns."""
-    trajs = rollout(protocol_model, tokenizer, [r["question"] for r in stepsearch_records[:4]], bm25, max_turns=2,
-                    max_new_tokens=48, batch_size=4, seed=3, doc_words=20)
+    trajs = rollout(
+        protocol_model,
+        tokenizer,
+        [r["question"] for r in stepsearch_records[:4]],
+        bm25,
+        max_turns=2,
+        max_new_tokens=48,
+        batch_size=4,
+        seed=3,
+        doc_words=20,
+    )
     for t in trajs:
         assert len(t.sampled_logprobs) == len(t.response_ids) == len(t.loss_mask)
         assert all(lp == 0.0 for lp, m in zip(t.sampled_logprobs, t.loss_mask) if not m)
         assert all(lp < 0.0 or lp == 0.0 for lp in t.sampled_logprobs)
         for idx in t.search_end_idx:
-            assert "</search>" in tokenizer.decode(t.response_ids[max(0, idx - 8): idx + 1])
+            assert "</search>" in tokenizer.decode(t.response_ids[max(0, idx - 8) : idx + 1])
     assert tokenizer.eos_token_id not in [x for t in trajs for x, m in zip(t.response_ids, t.loss_mask) if m]
 
 
@@ -71,10 +82,21 @@ def test_the_sampler_is_the_policy_ppo_scores(protocol_model, tokenizer, stepsea
             if "lora_B" in n:
                 p.normal_(0, 0.02, generator=torch.Generator().manual_seed(0))
     records = stepsearch_records[:4]
-    trajs = rollout(actor, tokenizer, [r["question"] for r in records], bm25, max_turns=2, max_new_tokens=48,
-                    batch_size=4, seed=5, doc_words=20)
-    scored = [score_trajectory(t.response_text(tokenizer), t.queries, t.step_docs, reward_cfg=RewardConfig(),
-                               **gold_of(r)) for t, r in zip(trajs, records)]
+    trajs = rollout(
+        actor,
+        tokenizer,
+        [r["question"] for r in records],
+        bm25,
+        max_turns=2,
+        max_new_tokens=48,
+        batch_size=4,
+        seed=5,
+        doc_words=20,
+    )
+    scored = [
+        score_trajectory(t.response_text(tokenizer), t.queries, t.step_docs, reward_cfg=RewardConfig(), **gold_of(r))
+        for t, r in zip(trajs, records)
+    ]
     batch = build_batch(trajs, scored, tokenizer.pad_token_id)
     actor.eval()
     with torch.no_grad():
@@ -95,7 +117,7 @@ def test_kv_reuse_is_exact_on_the_real_model(model_cache, tokenizer, musique_dev
     from stepsearch_lib.models import load_policy
 
     model, tok = load_policy("smollm2-135m-instruct", cache_dir=model_cache)
-    questions = [r.question for r in musique_dev[:16]][:max(batch_size, 2)]
+    questions = [r.question for r in musique_dev[:16]][: max(batch_size, 2)]
     kwargs = dict(max_turns=2, max_new_tokens=64, batch_size=batch_size, greedy=True, doc_words=30)
     kv = rollout(model, tok, questions, bm25, engine="kv", **kwargs)
     again = rollout(model, tok, questions, bm25, engine="reprefill", **kwargs)
@@ -108,6 +130,14 @@ def test_the_committed_benchmark_summary_has_the_keys_the_report_reads():
     from bench.fast_rl import RESULTS
 
     summary = json.loads((RESULTS / "summary.json").read_text())
-    assert {"rollout_speedup_b16", "rollout_roofline_fraction_b16", "update_speedup", "rl_step_s_8q", "steppo_over_ppo",
-            "torch_threads", "cpu_model", "peak_rss_mb"} <= set(summary)
+    assert {
+        "rollout_speedup_b16",
+        "rollout_roofline_fraction_b16",
+        "update_speedup",
+        "rl_step_s_8q",
+        "steppo_over_ppo",
+        "torch_threads",
+        "cpu_model",
+        "peak_rss_mb",
+    } <= set(summary)
     assert summary["torch_threads"] >= 2  # both cores of the benchmark machine

@@ -16,8 +16,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def stepsearch(*args, root: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     overrides = [] if root is None else ["--set", f"artifact_root={root}"]
-    return subprocess.run([sys.executable, "-m", "stepsearch_lib", *args, *overrides], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "stepsearch_lib", *args, *overrides],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
 
 
 def test_the_console_entry_point_is_declared():
@@ -43,10 +48,13 @@ def test_every_stage_answers_help_with_an_example(stage):
         assert "--profile" in out.stdout and "--seed" in out.stdout and "--set" in out.stdout
 
 
-@pytest.mark.parametrize("stage, producer", [
-    ("sft", "stepsearch construct --profile smoke"),
-    ("train", "stepsearch construct --profile smoke"),
-])
+@pytest.mark.parametrize(
+    "stage, producer",
+    [
+        ("sft", "stepsearch construct --profile smoke"),
+        ("train", "stepsearch construct --profile smoke"),
+    ],
+)
 def test_a_stage_without_its_inputs_names_the_command_that_makes_them(stage, producer, tmp_path):
     out = stepsearch(stage, "--profile", "smoke", root=tmp_path)
     assert out.returncode == 2, out.stderr[-2000:]
@@ -56,8 +64,19 @@ def test_a_stage_without_its_inputs_names_the_command_that_makes_them(stage, pro
 
 
 def test_evaluate_names_a_missing_question_file(tmp_path):
-    out = stepsearch("evaluate", "--profile", "smoke", "--method", "naive", "--model", "tiny-random",
-                     "--dataset", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "eval"))
+    out = stepsearch(
+        "evaluate",
+        "--profile",
+        "smoke",
+        "--method",
+        "naive",
+        "--model",
+        "tiny-random",
+        "--dataset",
+        str(tmp_path / "nope.jsonl"),
+        "--out",
+        str(tmp_path / "eval"),
+    )
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "nope.jsonl is missing" in out.stderr
 

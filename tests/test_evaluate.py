@@ -10,13 +10,16 @@ from stepsearch_lib.fileio import read_csv
 from stepsearch_lib.retrieval import load_retriever
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("<answer> Paris </answer>", "Paris"),
-    ("I think <answer>a</answer> no wait <answer> b </answer>", "b"),
-    ("\n\n  Paris, France\nmore text", "Paris, France"),
-    ("", ""),
-    ("<answer> unclosed", "<answer> unclosed"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("<answer> Paris </answer>", "Paris"),
+        ("I think <answer>a</answer> no wait <answer> b </answer>", "b"),
+        ("\n\n  Paris, France\nmore text", "Paris, France"),
+        ("", ""),
+        ("<answer> unclosed", "<answer> unclosed"),
+    ],
+)
 def test_parse_answer(text, expected):
     assert parse_answer(text) == expected
 
@@ -47,8 +50,17 @@ def test_rag_prompt_carries_the_documents_retrieved_on_the_question(tokenizer, m
 def test_each_method_writes_scored_predictions(method, tmp_path, protocol_model, tokenizer, musique_dev, index_dirs):
     cfg = get_config("smoke", {"rollout.max_new_tokens": 48, "retrieval.kind": "bm25"})
     records = musique_dev[:4]
-    summary = evaluate(method, protocol_model, tokenizer, records, load_retriever(index_dirs / "bm25"), cfg,
-                       tmp_path, "protocol-model", "musique")
+    summary = evaluate(
+        method,
+        protocol_model,
+        tokenizer,
+        records,
+        load_retriever(index_dirs / "bm25"),
+        cfg,
+        tmp_path,
+        "protocol-model",
+        "musique",
+    )
     rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == [r.id for r in records]
     assert all(set(r) >= {"question", "prediction", "golds", "searches", "em", "f1"} for r in rows)
@@ -62,9 +74,28 @@ def test_each_method_writes_scored_predictions(method, tmp_path, protocol_model,
 
 def test_cli_scores_any_supported_file(tmp_path, data_root, index_dirs, model_cache, capsys):
     out = tmp_path / "out"
-    main(["--method", "rag", "--model", "tiny-random", "--dataset", str(data_root / "bamboogle" / "test.jsonl"),
-          "--index", str(index_dirs / "bm25"), "--out", str(out), "--limit", "3", "--profile", "smoke",
-          "--set", f"model.cache_dir={model_cache}", "--set", "rollout.max_new_tokens=8"])
+    main(
+        [
+            "--method",
+            "rag",
+            "--model",
+            "tiny-random",
+            "--dataset",
+            str(data_root / "bamboogle" / "test.jsonl"),
+            "--index",
+            str(index_dirs / "bm25"),
+            "--out",
+            str(out),
+            "--limit",
+            "3",
+            "--profile",
+            "smoke",
+            "--set",
+            f"model.cache_dir={model_cache}",
+            "--set",
+            "rollout.max_new_tokens=8",
+        ]
+    )
     assert json.loads(capsys.readouterr().out)["n"] == 3
     assert len((out / "predictions.jsonl").read_text().splitlines()) == 3
     with pytest.raises(SystemExit):
@@ -79,9 +110,18 @@ def test_a_training_checkpoint_loads_for_evaluation(tmp_path, model_cache, steps
     from stepsearch_lib.evaluate import load_model_for_eval
     from stepsearch_lib.train import train
 
-    cfg = get_config("smoke", {"artifact_root": str(tmp_path), "model.cache_dir": str(model_cache),
-                               "train.questions_per_step": 2, "rollout.max_new_tokens": 8, "rollout.max_turns": 1,
-                               "ppo.minibatch_size": 2, "ppo.actor_lr": 1e-2})
+    cfg = get_config(
+        "smoke",
+        {
+            "artifact_root": str(tmp_path),
+            "model.cache_dir": str(model_cache),
+            "train.questions_per_step": 2,
+            "rollout.max_new_tokens": 8,
+            "rollout.max_turns": 1,
+            "ppo.minibatch_size": 2,
+            "ppo.actor_lr": 1e-2,
+        },
+    )
     train(cfg, "steppo", steps=1, records=stepsearch_records, retriever=load_retriever(index_dirs / "bm25"))
     ckpt = cfg.path("checkpoints", "steppo-full-s0")
     saved = load_file(str(latest_checkpoint(ckpt) / "actor_adapter.safetensors"))
@@ -91,12 +131,21 @@ def test_a_training_checkpoint_loads_for_evaluation(tmp_path, model_cache, steps
     assert any(v.abs().sum() > 0 for k, v in saved.items() if "lora_B.default" in k)  # trained, not the zero init
 
 
-def test_profile_matrix_includes_existing_checkpoints_and_reuses_finished_cells(tmp_path, model_cache, musique_dev,
-                                                                               index_dirs, monkeypatch):
+def test_profile_matrix_includes_existing_checkpoints_and_reuses_finished_cells(
+    tmp_path, model_cache, musique_dev, index_dirs, monkeypatch
+):
     import stepsearch_lib.eval_suite as suite
 
-    cfg = get_config("smoke", {"artifact_root": str(tmp_path), "model.cache_dir": str(model_cache),
-                               "rollout.max_new_tokens": 8, "rollout.max_turns": 1, "eval.methods": ["naive", "rag"]})
+    cfg = get_config(
+        "smoke",
+        {
+            "artifact_root": str(tmp_path),
+            "model.cache_dir": str(model_cache),
+            "rollout.max_new_tokens": 8,
+            "rollout.max_turns": 1,
+            "eval.methods": ["naive", "rag"],
+        },
+    )
     assert [e.label for e in suite.evaluation_plan(cfg)] == ["naive generation", "single-shot RAG"]
     fake_run = cfg.path("checkpoints", "ppo-global_only-s0")
     fake_run.mkdir(parents=True)
@@ -108,8 +157,11 @@ def test_profile_matrix_includes_existing_checkpoints_and_reuses_finished_cells(
     path = suite.run_evaluation(cfg, datasets, retriever)
     rows = read_csv(path)
     assert [(r["label"], r["dataset"], r["n"]) for r in rows] == [
-        ("naive generation", "musique", "2"), ("naive generation", "other", "3"),
-        ("single-shot RAG", "musique", "2"), ("single-shot RAG", "other", "3")]
+        ("naive generation", "musique", "2"),
+        ("naive generation", "other", "3"),
+        ("single-shot RAG", "musique", "2"),
+        ("single-shot RAG", "other", "3"),
+    ]
 
     def boom(*a, **k):
         raise AssertionError("a finished cell was recomputed")

@@ -100,16 +100,20 @@ def shared_files(data_root) -> dict[str, bytes]:
         z.writestr("data/musique_ans_v1.0_train.jsonl", musique_train)
         z.writestr("data/musique_ans_v1.0_dev.jsonl", musique_dev)
         z.writestr("__MACOSX/data/._musique_ans_v1.0_dev.jsonl", b"resource fork")
-    return {"/hotpot_dev.json": (data_root / "hotpotqa/hotpot_dev_distractor_subset.jsonl").read_bytes(),
-            "/bamboogle.jsonl": (data_root / "bamboogle/test.jsonl").read_bytes(),
-            "/musique_v1.0.zip": buf.getvalue(), "/musique_train": musique_train}
+    return {
+        "/hotpot_dev.json": (data_root / "hotpotqa/hotpot_dev_distractor_subset.jsonl").read_bytes(),
+        "/bamboogle.jsonl": (data_root / "bamboogle/test.jsonl").read_bytes(),
+        "/musique_v1.0.zip": buf.getvalue(),
+        "/musique_train": musique_train,
+    }
 
 
 def test_checksum_match_and_file_appears_whole(tmp_path, shared_files):
     body = shared_files["/hotpot_dev.json"]
     with FileServer(shared_files) as srv:
-        digest = http_download(srv.url("/hotpot_dev.json"), tmp_path / "h.json",
-                               sha256=hashlib.sha256(body).hexdigest(), progress=False)
+        digest = http_download(
+            srv.url("/hotpot_dev.json"), tmp_path / "h.json", sha256=hashlib.sha256(body).hexdigest(), progress=False
+        )
     assert (tmp_path / "h.json").read_bytes() == body and digest == hashlib.sha256(body).hexdigest()
     assert not list(tmp_path.glob("*.part"))
     assert len(load_questions(tmp_path / "h.json")) == 1300  # the real loader reads what was fetched
@@ -147,9 +151,17 @@ def test_server_without_ranges_restarts_from_zero(tmp_path, shared_files):
 
 def test_fetch_source_unpacks_zip_members_and_records_checksums(tmp_path, shared_files, data_root):
     with FileServer(shared_files) as srv:
-        src = F.Source("musique", "qa", "test", url=srv.url("/musique_v1.0.zip"), archive="musique/musique_v1.0.zip",
-                       members=(("musique_ans_v1.0_train.jsonl", "musique/musique_ans_v1.0_train.jsonl"),
-                                ("musique_ans_v1.0_dev.jsonl", "musique/musique_ans_v1.0_dev.jsonl")))
+        src = F.Source(
+            "musique",
+            "qa",
+            "test",
+            url=srv.url("/musique_v1.0.zip"),
+            archive="musique/musique_v1.0.zip",
+            members=(
+                ("musique_ans_v1.0_train.jsonl", "musique/musique_ans_v1.0_train.jsonl"),
+                ("musique_ans_v1.0_dev.jsonl", "musique/musique_ans_v1.0_dev.jsonl"),
+            ),
+        )
         assert F.fetch_source(src, tmp_path, progress=False) == "downloaded"
         assert F.fetch_source(src, tmp_path, progress=False) == "present"
         (tmp_path / "musique/musique_ans_v1.0_dev.jsonl").unlink()  # unpacking redone from the kept archive
@@ -193,8 +205,14 @@ def test_parts_fetched_earlier_are_checked_and_joined_without_a_new_download(tmp
 
 def test_zip_without_a_member_names_what_it_holds(tmp_path, shared_files):
     with FileServer(shared_files) as srv:
-        src = F.Source("x", "qa", "test", url=srv.url("/musique_v1.0.zip"), archive="x.zip",
-                       members=(("musique_ans_v1.0_test.jsonl", "musique/test.jsonl"),))
+        src = F.Source(
+            "x",
+            "qa",
+            "test",
+            url=srv.url("/musique_v1.0.zip"),
+            archive="x.zip",
+            members=(("musique_ans_v1.0_test.jsonl", "musique/test.jsonl"),),
+        )
         with pytest.raises(FetchError, match=r"x\.zip: expected one member named 'musique_ans_v1.0_test.jsonl'"):
             F.fetch_source(src, tmp_path, progress=False)
     assert not (tmp_path / "musique/test.jsonl").exists()
@@ -244,12 +262,15 @@ def test_large_downloads_need_yes(tmp_path, monkeypatch, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("name,needle", [
-    ("bamboogle", "https://huggingface.co/datasets/RUC-NLPIR/FlashRAG_datasets/resolve/main/bamboogle/test.jsonl"),
-    ("wiki18-corpus", "https://huggingface.co/datasets/PeterJinGo/wiki-18-corpus/resolve/main/wiki-18.jsonl.gz"),
-    ("wiki18-e5-index", "https://huggingface.co/datasets/PeterJinGo/wiki-18-e5-index/resolve/main/part_aa"),
-    ("stepsearch-data", "huggingface-cli download Zill1/StepSearch-musi-dataset --repo-type dataset"),
-])
+@pytest.mark.parametrize(
+    "name,needle",
+    [
+        ("bamboogle", "https://huggingface.co/datasets/RUC-NLPIR/FlashRAG_datasets/resolve/main/bamboogle/test.jsonl"),
+        ("wiki18-corpus", "https://huggingface.co/datasets/PeterJinGo/wiki-18-corpus/resolve/main/wiki-18.jsonl.gz"),
+        ("wiki18-e5-index", "https://huggingface.co/datasets/PeterJinGo/wiki-18-e5-index/resolve/main/part_aa"),
+        ("stepsearch-data", "huggingface-cli download Zill1/StepSearch-musi-dataset --repo-type dataset"),
+    ],
+)
 def test_hub_offline_error_names_the_file_to_fetch(tmp_path, name, needle):
     with pytest.raises(FetchError) as err:
         F.fetch_source(F.BY_NAME[name], tmp_path, progress=False)

@@ -37,14 +37,25 @@ def test_every_profile_defaults_to_the_released_preset(profile):
 
 def test_the_paper_preset_sets_defaults_that_single_fields_still_override():
     cfg = get_config("smoke", {"reward.fidelity": "paper"})
-    assert (cfg.reward.redundancy_match, cfg.ppo.stats_tokens, cfg.rollout.doc_render) == ("any_rank", "generated", "ours")
+    assert (cfg.reward.redundancy_match, cfg.ppo.stats_tokens, cfg.rollout.doc_render) == (
+        "any_rank",
+        "generated",
+        "ours",
+    )
     mixed = get_config("smoke", {"reward.fidelity": "paper", "ppo.stats_tokens": "response"})
     assert (mixed.reward.redundancy_match, mixed.ppo.stats_tokens) == ("any_rank", "response")
     assert get_config("smoke").rollout.max_turns == 2  # the profile still applies over the preset
 
 
-@pytest.mark.parametrize("key,value", [("reward.fidelity", "exact"), ("rollout.doc_render", "html"),
-                                       ("reward.redundancy_match", "rank"), ("ppo.stats_tokens", "all")])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("reward.fidelity", "exact"),
+        ("rollout.doc_render", "html"),
+        ("reward.redundancy_match", "rank"),
+        ("ppo.stats_tokens", "all"),
+    ],
+)
 def test_an_unknown_choice_is_an_error_naming_the_field(key, value):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         get_config("smoke", {key: value})
@@ -55,29 +66,53 @@ def test_an_unknown_choice_is_an_error_naming_the_field(key, value):
 DOCS = [("Dai Jitao", "A Chinese journalist."), ("China", "A country."), ("Debt", "Money owed.")]
 
 
-@pytest.mark.parametrize("style,rendered", [
-    ("released", 'Doc 1<## Title: Dai Jitao ##> A Chinese journalist.\nDoc 2<## Title: China ##> A country.\n'
-                 'Doc 3<## Title: Debt ##> Money owed.\n'),
-    ("search_r1", 'Doc 1(Title: "Dai Jitao") A Chinese journalist.\nDoc 2(Title: "China") A country.\n'
-                  'Doc 3(Title: "Debt") Money owed.\n'),
-    ("ours", 'Doc 1(Title: Dai Jitao) A Chinese journalist.\nDoc 2(Title: China) A country.\n'
-             'Doc 3(Title: Debt) Money owed.\n'),
-])
+@pytest.mark.parametrize(
+    "style,rendered",
+    [
+        (
+            "released",
+            "Doc 1<## Title: Dai Jitao ##> A Chinese journalist.\nDoc 2<## Title: China ##> A country.\n"
+            "Doc 3<## Title: Debt ##> Money owed.\n",
+        ),
+        (
+            "search_r1",
+            'Doc 1(Title: "Dai Jitao") A Chinese journalist.\nDoc 2(Title: "China") A country.\n'
+            'Doc 3(Title: "Debt") Money owed.\n',
+        ),
+        (
+            "ours",
+            "Doc 1(Title: Dai Jitao) A Chinese journalist.\nDoc 2(Title: China) A country.\n"
+            "Doc 3(Title: Debt) Money owed.\n",
+        ),
+    ],
+)
 def test_render_docs(style, rendered):
     assert render_docs(DOCS, style) == rendered
 
 
-@pytest.mark.parametrize("style,block,pieces", [
-    ("released", "\n\n<information> Doc 1<## Title: Dai Jitao ##> A Chinese journalist.\nDoc 2<## Title: China ##> "
-                 "A country.\nDoc 3<## Title: Debt ##> Money owed. </information>\n\n",
-     ["A Chinese journalist.\nDoc 2", "A country.\nDoc 3", "Money owed."]),
-    ("search_r1", '\n\n<information>Doc 1(Title: "Dai Jitao") A Chinese journalist.\nDoc 2(Title: "China") A country.\n'
-                  'Doc 3(Title: "Debt") Money owed.</information>\n\n',
-     ["A Chinese journalist.", "A country.", "Money owed."]),
-    ("ours", "\n\n<information>Doc 1(Title: Dai Jitao) A Chinese journalist.\nDoc 2(Title: China) A country.\n"
-             "Doc 3(Title: Debt) Money owed.\n</information>\n\n",
-     ["A Chinese journalist.", "A country.", "Money owed."]),
-])
+@pytest.mark.parametrize(
+    "style,block,pieces",
+    [
+        (
+            "released",
+            "\n\n<information> Doc 1<## Title: Dai Jitao ##> A Chinese journalist.\nDoc 2<## Title: China ##> "
+            "A country.\nDoc 3<## Title: Debt ##> Money owed. </information>\n\n",
+            ["A Chinese journalist.\nDoc 2", "A country.\nDoc 3", "Money owed."],
+        ),
+        (
+            "search_r1",
+            '\n\n<information>Doc 1(Title: "Dai Jitao") A Chinese journalist.\nDoc 2(Title: "China") A country.\n'
+            'Doc 3(Title: "Debt") Money owed.</information>\n\n',
+            ["A Chinese journalist.", "A country.", "Money owed."],
+        ),
+        (
+            "ours",
+            "\n\n<information>Doc 1(Title: Dai Jitao) A Chinese journalist.\nDoc 2(Title: China) A country.\n"
+            "Doc 3(Title: Debt) Money owed.\n</information>\n\n",
+            ["A Chinese journalist.", "A country.", "Money owed."],
+        ),
+    ],
+)
 def test_information_block_and_its_splitter(style, block, pieces):
     assert information_block(DOCS, style) == block
     assert split_docs(block, style) == pieces
@@ -181,7 +216,7 @@ def test_the_observation_cap_cuts_every_forced_run(protocol_model, tokenizer, st
 
 def test_whitening_uses_the_unbiased_variance():
     x = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
-    var = (1.5 ** 2 * 2 + 0.5 ** 2 * 2) / 3  # sum of squared deviations / (n - 1)
+    var = (1.5**2 * 2 + 0.5**2 * 2) / 3  # sum of squared deviations / (n - 1)
     assert torch.allclose(masked_whiten(x, torch.ones_like(x)), (x - 2.5) / (var + 1e-8) ** 0.5)
 
 
@@ -205,12 +240,15 @@ def test_released_statistics_include_the_document_tokens():
     assert torch.allclose(r_gen, gen)
 
 
-@pytest.mark.parametrize("total,frac,expected", [
-    (8, 0.285, [0.0, 0.5, 1.0, 1.0]),  # W = int(2.28) = 2
-    (100, 0.285, [0.0, 1 / 28, 2 / 28, 3 / 28]),  # W = 28
-    (1120, 0.05, [0.0, 1 / 56, 2 / 56, 3 / 56]),  # the released critic: W = 56
-    (8, 0.05, [0.0, 1.0, 1.0, 1.0]),  # W = 0: verl's schedule still gives update 0 a factor of 0
-    (8, 0.0, [1.0, 1.0, 1.0, 1.0]),  # no warm-up
-])
+@pytest.mark.parametrize(
+    "total,frac,expected",
+    [
+        (8, 0.285, [0.0, 0.5, 1.0, 1.0]),  # W = int(2.28) = 2
+        (100, 0.285, [0.0, 1 / 28, 2 / 28, 3 / 28]),  # W = 28
+        (1120, 0.05, [0.0, 1 / 56, 2 / 56, 3 / 56]),  # the released critic: W = 56
+        (8, 0.05, [0.0, 1.0, 1.0, 1.0]),  # W = 0: verl's schedule still gives update 0 a factor of 0
+        (8, 0.0, [1.0, 1.0, 1.0, 1.0]),  # no warm-up
+    ],
+)
 def test_learning_rate_warmup(total, frac, expected):
     assert [warmup_factor(u, total, frac) for u in range(4)] == pytest.approx(expected)

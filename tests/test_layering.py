@@ -50,8 +50,11 @@ def package_imports(path: Path) -> list[tuple[str, bool, int]]:
                 continue
             out += [(n, node in tree.body, node.lineno) for n in names]
         elif isinstance(node, ast.Import):
-            out += [(a.name.split(".")[1], node in tree.body, node.lineno) for a in node.names
-                    if a.name.startswith("stepsearch_lib.")]
+            out += [
+                (a.name.split(".")[1], node in tree.body, node.lineno)
+                for a in node.names
+                if a.name.startswith("stepsearch_lib.")
+            ]
     return out
 
 
@@ -59,7 +62,7 @@ MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
 
 
 def test_every_module_has_a_floor():
-    assert sorted(ORDER) == MODULES, (set(MODULES) ^ set(ORDER))
+    assert sorted(ORDER) == MODULES, set(MODULES) ^ set(ORDER)
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -75,11 +78,15 @@ def test_imports_go_down_the_floors_and_sit_at_the_top(module):
 def test_the_rewards_are_pure():
     tree = ast.parse((PACKAGE / "rewards.py").read_text())
     third_party = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    third_party |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and not n.level}
+    third_party |= {
+        n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and not n.level
+    }
     assert not third_party & {"torch", "transformers", "faiss", "bm25s", "httpx"}, third_party
 
 
 def test_the_checker_sees_a_deferred_import(tmp_path):
     bad = tmp_path / "bad.py"
-    bad.write_text("import os\nfrom .fileio import write_json\n\ndef f():\n    from stepsearch_lib.train import train\n")
+    bad.write_text(
+        "import os\nfrom .fileio import write_json\n\ndef f():\n    from stepsearch_lib.train import train\n"
+    )
     assert package_imports(bad) == [("fileio", True, 2), ("train", False, 5)]

@@ -20,7 +20,7 @@ def test_embedded_policy_converts_once_and_answers(model_cache):
     msgs = [{"role": "user", "content": "What is the capital of France?"}]
     enc = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     out = model.generate(**enc, max_new_tokens=12, do_sample=False)
-    assert "Paris" in tok.decode(out[0, enc["input_ids"].shape[1]:])
+    assert "Paris" in tok.decode(out[0, enc["input_ids"].shape[1] :])
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
@@ -48,8 +48,12 @@ def test_embedded_encoder_ranks_related_text_higher():
     enc = load_encoder("all-minilm-l6-v2", device="cpu")
     assert enc.dim == 384 and enc.query_prefix == ""
     q = enc.encode_queries(["Who directed the film Shanghai 13?"])
-    p = enc.encode_passages(["Shanghai 13 is a 1984 martial arts film directed by Chang Cheh.",
-                             "Chamisal is a census-designated place in Taos County, New Mexico."])
+    p = enc.encode_passages(
+        [
+            "Shanghai 13 is a 1984 martial arts film directed by Chang Cheh.",
+            "Chamisal is a census-designated place in Taos County, New Mexico.",
+        ]
+    )
     sims = (q @ p.T)[0]
     assert sims[0] > sims[1] + 0.2
     assert np.allclose(np.linalg.norm(p, axis=1), 1.0, atol=1e-5)

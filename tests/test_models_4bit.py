@@ -50,8 +50,11 @@ def _rel_err(a, b):
 def setup(model_cache):
     model4, tok = load_policy("tiny-random", lora=SPEC, load_in_4bit=True, cache_dir=model_cache)
     _randomise_lora(model4)
-    batch = tok(["Who wrote Hamlet? <search> Hamlet author </search>", "Paris is the capital of"],
-                return_tensors="pt", padding=True)
+    batch = tok(
+        ["Who wrote Hamlet? <search> Hamlet author </search>", "Paris is the capital of"],
+        return_tensors="pt",
+        padding=True,
+    )
     return model4, tok, batch
 
 
@@ -76,8 +79,10 @@ def test_lora_grads_match_dequantised_reference_after_generate(setup):
     assert _rel_err(g4, gref) < 1e-3
 
 
-@pytest.mark.skipif(not bnb.functional.has_avx512bf16() if hasattr(bnb.functional, "has_avx512bf16") else True,
-                    reason="the bitsandbytes repacking path only exists on AVX512-BF16 CPUs")
+@pytest.mark.skipif(
+    not bnb.functional.has_avx512bf16() if hasattr(bnb.functional, "has_avx512bf16") else True,
+    reason="the bitsandbytes repacking path only exists on AVX512-BF16 CPUs",
+)
 def test_without_guard_gradients_go_wrong(model_cache):
     """The reason for the guard: on AVX512-BF16 CPUs the unguarded path is measurably off."""
     model4, tok = load_policy("tiny-random", lora=SPEC, load_in_4bit=True, cache_dir=model_cache)
@@ -111,8 +116,9 @@ def test_a_warm_start_survives_the_4bit_path(tmp_path, tokenizer):
             if "lora_" in n:
                 p.mul_(0.1)
     sft.save_pretrained(tmp_path / "sft")
-    ids = torch.tensor([tokenizer("Who wrote Hamlet? <search> Hamlet author </search> <answer> Shakespeare </answer>")
-                        ["input_ids"]])
+    ids = torch.tensor(
+        [tokenizer("Who wrote Hamlet? <search> Hamlet author </search> <answer> Shakespeare </answer>")["input_ids"]]
+    )
     attn = torch.ones_like(ids)
 
     def logprobs(model):
@@ -124,11 +130,18 @@ def test_a_warm_start_survives_the_4bit_path(tmp_path, tokenizer):
     base = logprobs(load_policy("tiny-random", seed=0, load_in_4bit=True)[0])
     assert (warm - base).abs().mean() > 1e-3  # the warm start changes the model
 
-    policy, _ = load_policy("tiny-random", seed=0, load_in_4bit=True, adapter=tmp_path / "sft", merge_adapter=True,
-                            lora=LoraSpec(r=4, alpha=8, dropout=0.0))
+    policy, _ = load_policy(
+        "tiny-random",
+        seed=0,
+        load_in_4bit=True,
+        adapter=tmp_path / "sft",
+        merge_adapter=True,
+        lora=LoraSpec(r=4, alpha=8, dropout=0.0),
+    )
     assert list(policy.base_model.active_adapters) == [WARM_ADAPTER, "default"]
     assert {n for n, p in policy.named_parameters() if p.requires_grad} == {
-        n for n, _ in policy.named_parameters() if ".default." in n}
+        n for n, _ in policy.named_parameters() if ".default." in n
+    }
     torch.testing.assert_close(logprobs(policy), warm, atol=1e-5, rtol=0)
 
     class _Traj:  # one trajectory, every token a response token, for the reference pass

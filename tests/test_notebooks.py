@@ -34,8 +34,9 @@ def executed(tmp_path_factory):
     previous ones' outputs), as `make reproduce PROFILE=smoke` runs them."""
     root = tmp_path_factory.mktemp("nb")
     for nb in NOTEBOOKS:
-        run_notebook(nb, root / "executed", {"PROFILE": "smoke", "SEED": 0,
-                                             "OVERRIDES": {"artifact_root": str(root / "runs")}})
+        run_notebook(
+            nb, root / "executed", {"PROFILE": "smoke", "SEED": 0, "OVERRIDES": {"artifact_root": str(root / "runs")}}
+        )
     return root / "executed"
 
 
@@ -52,12 +53,17 @@ def test_running_the_notebooks_twice_gives_the_same_results(executed, tmp_path):
     data, indexes, reward tables, checkpoints, metrics, evaluation, figures -- up to timings and
     memory readings, and displays the same outputs."""
     for nb in NOTEBOOKS:
-        run_notebook(nb, tmp_path / "executed", {"PROFILE": "smoke", "SEED": 0,
-                                                 "OVERRIDES": {"artifact_root": str(tmp_path / "runs")}})
+        run_notebook(
+            nb,
+            tmp_path / "executed",
+            {"PROFILE": "smoke", "SEED": 0, "OVERRIDES": {"artifact_root": str(tmp_path / "runs")}},
+        )
     first, second = executed.parent / "runs" / "smoke", tmp_path / "runs" / "smoke"
     assert compare_runs(first, second) == []
-    record("artifacts: files compared between two runs of every notebook",
-           sum(1 for p in first.rglob("*") if p.is_file() and p.relative_to(first).parts[0] != "notebooks"))
+    record(
+        "artifacts: files compared between two runs of every notebook",
+        sum(1 for p in first.rglob("*") if p.is_file() and p.relative_to(first).parts[0] != "notebooks"),
+    )
     for nb in NOTEBOOKS:
         shown = notebook_outputs(executed / nb.name, executed.parent / "runs")
         assert shown == notebook_outputs(tmp_path / "executed" / nb.name, tmp_path / "runs"), nb.name

@@ -21,8 +21,9 @@ def test_environment_yml_mirrors_pyproject():
 
 def test_constraints_pin_every_dependency():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pins = {_name(line) for line in (ROOT / "constraints.txt").read_text().splitlines()
-            if line and not line.startswith("#")}
+    pins = {
+        _name(line) for line in (ROOT / "constraints.txt").read_text().splitlines() if line and not line.startswith("#")
+    }
     missing = {_name(r) for r in project["dependencies"]} - pins
     assert not missing
 

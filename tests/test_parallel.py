@@ -19,9 +19,16 @@ def test_parse_cli_overrides_rejects_a_missing_equals_sign():
 
 
 def test_two_gloo_processes_train_two_steps(tmp_path, free_tcp_port, model_cache, stepsearch_records, index_dirs):
-    overrides = {"artifact_root": str(tmp_path), "model.cache_dir": str(model_cache), "retrieval.kind": "bm25",
-                 "train.questions_per_step": 2, "rollout.max_new_tokens": 16, "rollout.max_turns": 1,
-                 "ppo.minibatch_size": 1, "ppo.grad_accum": 2}
+    overrides = {
+        "artifact_root": str(tmp_path),
+        "model.cache_dir": str(model_cache),
+        "retrieval.kind": "bm25",
+        "train.questions_per_step": 2,
+        "rollout.max_new_tokens": 16,
+        "rollout.max_turns": 1,
+        "ppo.minibatch_size": 1,
+        "ppo.grad_accum": 2,
+    }
     cfg = get_config("smoke", overrides)
     write_stepsearch(stepsearch_records, cfg.path("data"), "stepsearch_train")
     cfg.path("index").mkdir(parents=True)
@@ -29,9 +36,29 @@ def test_two_gloo_processes_train_two_steps(tmp_path, free_tcp_port, model_cache
     sets = [a for k, v in overrides.items() for a in ("--set", f"{k}={json.dumps(v) if not isinstance(v, str) else v}")]
     # `--multi_gpu` selects accelerate's torchrun launcher, which also runs CPU processes (gloo);
     # `--cpu` with several processes needs an MPI installation (mpirun), which this machine lacks
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--main_process_port", str(free_tcp_port), "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "stepsearch_lib.train", "--profile", "smoke",
-           "--steps", "2", *sets]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--main_process_port",
+        str(free_tcp_port),
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "stepsearch_lib.train",
+        "--profile",
+        "smoke",
+        "--steps",
+        "2",
+        *sets,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=540, env=env)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -41,9 +41,14 @@ from stepsearch_lib.rewards import (
 
 TAGS = ["<search>", "</search>", "<answer>", "</answer>", "<think>", "</think>", "<information>", "</information>"]
 # model-like text: tags, unicode, whitespace, long runs
-model_text = st.lists(st.one_of(st.sampled_from(TAGS), st.text(max_size=40),
-                                st.text(alphabet=string.ascii_letters + " ", min_size=1, max_size=30)),
-                      max_size=30).map("".join)
+model_text = st.lists(
+    st.one_of(
+        st.sampled_from(TAGS),
+        st.text(max_size=40),
+        st.text(alphabet=string.ascii_letters + " ", min_size=1, max_size=30),
+    ),
+    max_size=30,
+).map("".join)
 words = st.text(alphabet=string.ascii_lowercase + " éß中", max_size=60)
 THOROUGH = os.environ.get("HYPOTHESIS_PROFILE") == "thorough"
 
@@ -69,11 +74,23 @@ def test_a_thousand_searches_and_very_long_text(n):
     assert not ends_with_answer(text)
 
 
-@given(st.lists(st.tuples(st.text(alphabet=string.ascii_letters + " ()", min_size=1, max_size=20).map(str.strip)
-                          .filter(lambda t: t and t.count("(") == t.count(")") and "()" not in t
-                                  and all(t[:i].count("(") >= t[:i].count(")") for i in range(len(t)))),
-                          st.text(alphabet=string.ascii_letters + " .,()", max_size=80)), max_size=5),
-       st.sampled_from(["released", "search_r1", "ours"]))
+@given(
+    st.lists(
+        st.tuples(
+            st.text(alphabet=string.ascii_letters + " ()", min_size=1, max_size=20)
+            .map(str.strip)
+            .filter(
+                lambda t: t
+                and t.count("(") == t.count(")")
+                and "()" not in t
+                and all(t[:i].count("(") >= t[:i].count(")") for i in range(len(t)))
+            ),
+            st.text(alphabet=string.ascii_letters + " .,()", max_size=80),
+        ),
+        max_size=5,
+    ),
+    st.sampled_from(["released", "search_r1", "ours"]),
+)
 def test_rendered_documents_split_back(docs, style):
     """Every style's splitter returns each document's text; the released one keeps the next document's label
     on every piece but the last (what its reward compares)."""
@@ -92,7 +109,9 @@ def test_answer_reward_bounds(response, golds):
     assert (r == -1.0) == (not ends_with_answer(response))
 
 
-@given(st.lists(words, max_size=6), st.lists(st.lists(words, max_size=3), max_size=4), st.sampled_from(["released", "max"]))
+@given(
+    st.lists(words, max_size=6), st.lists(st.lists(words, max_size=3), max_size=4), st.sampled_from(["released", "max"])
+)
 def test_search_key_reward_bounds(queries, keys, mode):
     record("rewards: search key")
     assert 0.0 <= search_key_reward(queries, keys, mode) <= 1.0 + 1e-12
@@ -117,8 +136,12 @@ def test_fast_tfidf_equals_the_reference(docs, golds):
     np.testing.assert_allclose(fast, ref, atol=1e-9)
 
 
-@given(model_text, st.lists(words, max_size=4), st.lists(st.lists(words, max_size=3), max_size=4),
-       st.sampled_from(["full", "no_info_gain", "no_redundancy", "no_search_key", "no_step", "global_only"]))
+@given(
+    model_text,
+    st.lists(words, max_size=4),
+    st.lists(st.lists(words, max_size=3), max_size=4),
+    st.sampled_from(["full", "no_info_gain", "no_redundancy", "no_search_key", "no_step", "global_only"]),
+)
 def test_combined_rewards_stay_bounded(response, queries, step_docs, name):
     record("rewards: whole trajectories")
     s = score_trajectory(response, queries, step_docs, ["x"], [["x"]], ["x y"], RewardConfig(name=name))
@@ -139,8 +162,13 @@ def bm25(index_dirs):
 
 
 @settings(max_examples=10_000 if THOROUGH else 40, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(turns=st.lists(st.lists(model_text.filter(lambda t: not any(f in t for f in FORCED)), min_size=6, max_size=6),
-                      min_size=1, max_size=3))
+@given(
+    turns=st.lists(
+        st.lists(model_text.filter(lambda t: not any(f in t for f in FORCED)), min_size=6, max_size=6),
+        min_size=1,
+        max_size=3,
+    )
+)
 def test_rollout_post_processing_never_makes_forced_tokens_trainable(turns, tokenizer, bm25, monkeypatch):
     """The model's turns are scripted (hypothesis draws the arbitrary text a real model could emit);
     everything after generation -- parsing, retrieval, forced blocks, masks -- is the real rollout."""
@@ -150,8 +178,10 @@ def test_rollout_post_processing_never_makes_forced_tokens_trainable(turns, toke
 
     def scripted_generate(model, tok, sequences, *a, **k):  # token ids of each turn, cut at its stop like the engine
         i = next(calls)
-        return [tok(cut_at_stop(turns[j % len(turns)][i % 6])[0], add_special_tokens=False)["input_ids"]
-                for j in range(len(sequences))]
+        return [
+            tok(cut_at_stop(turns[j % len(turns)][i % 6])[0], add_special_tokens=False)["input_ids"]
+            for j in range(len(sequences))
+        ]
 
     monkeypatch.setattr(R, "hf_generate_turn", scripted_generate)
 
@@ -165,8 +195,18 @@ def test_rollout_post_processing_never_makes_forced_tokens_trainable(turns, toke
         def train(self, mode=True):
             return self
 
-    trajs = R.rollout(NoModel(), tokenizer, [f"question {i}" for i in range(len(turns))], bm25, topk=2, max_turns=3,
-                      max_new_tokens=16, batch_size=len(turns), doc_words=8, engine="hf")
+    trajs = R.rollout(
+        NoModel(),
+        tokenizer,
+        [f"question {i}" for i in range(len(turns))],
+        bm25,
+        topk=2,
+        max_turns=3,
+        max_new_tokens=16,
+        batch_size=len(turns),
+        doc_words=8,
+        engine="hf",
+    )
     record("rollout: post-processed episodes", len(trajs))
     for t in trajs:
         assert len(t.loss_mask) == len(t.response_ids)

@@ -23,8 +23,14 @@ from stepsearch_lib.fileio import write_jsonl
 from stepsearch_lib.retrieval import load_retriever
 from stepsearch_lib.stepsearch_format import write_stepsearch
 
-SMALL = {"retrieval.kind": "bm25", "train.questions_per_step": 2, "rollout.max_new_tokens": 16,
-         "rollout.max_turns": 1, "ppo.minibatch_size": 2, "train.save_every": 1}
+SMALL = {
+    "retrieval.kind": "bm25",
+    "train.questions_per_step": 2,
+    "rollout.max_new_tokens": 16,
+    "rollout.max_turns": 1,
+    "ppo.minibatch_size": 2,
+    "train.save_every": 1,
+}
 
 
 def _run_dir(root, model_cache, records, index_dirs):
@@ -36,14 +42,19 @@ def _run_dir(root, model_cache, records, index_dirs):
 
 
 def _cli(cfg, steps, model_cache):
-    sets = [a for k, v in {"artifact_root": cfg.artifact_root, "model.cache_dir": str(model_cache), **SMALL}.items()
-            for a in ("--set", f"{k}={v if isinstance(v, str) else json.dumps(v)}")]
+    sets = [
+        a
+        for k, v in {"artifact_root": cfg.artifact_root, "model.cache_dir": str(model_cache), **SMALL}.items()
+        for a in ("--set", f"{k}={v if isinstance(v, str) else json.dumps(v)}")
+    ]
     return [sys.executable, "-m", "stepsearch_lib.train", "--profile", "smoke", "--steps", str(steps), *sets]
 
 
 def _metrics(cfg):
-    return [{k: v for k, v in json.loads(line).items() if not k.startswith(("time/", "memory/"))}
-            for line in cfg.path("metrics", "steppo-full-s0.jsonl").read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(line).items() if not k.startswith(("time/", "memory/"))}
+        for line in cfg.path("metrics", "steppo-full-s0.jsonl").read_text().splitlines()
+    ]
 
 
 def test_a_sigkilled_run_resumes_to_the_uninterrupted_metrics(tmp_path, model_cache, stepsearch_records, index_dirs):
@@ -92,8 +103,13 @@ def test_a_crash_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeypat
     assert latest_checkpoint(tmp_path).name == "step-000001"
     assert not (tmp_path / "step-000002").exists()
     fresh, fresh_c = torch.nn.Linear(3, 3), torch.nn.Linear(3, 1)
-    state = load_checkpoint(latest_checkpoint(tmp_path), fresh, fresh_c, torch.optim.AdamW(fresh.parameters()),
-                            torch.optim.AdamW(fresh_c.parameters()))
+    state = load_checkpoint(
+        latest_checkpoint(tmp_path),
+        fresh,
+        fresh_c,
+        torch.optim.AdamW(fresh.parameters()),
+        torch.optim.AdamW(fresh_c.parameters()),
+    )
     assert state["step"] == 1 and torch.allclose(fresh.weight, actor.weight - 1.0)
 
 
@@ -112,13 +128,19 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path):
 
 
 def test_abusive_requests_get_4xx_and_the_server_keeps_serving(server):
-    cases = [({"queries": ["q"] * 10_000}, {413, 422}), ({"queries": ["q"], "topk": 0}, {422}),
-             ({"queries": ["q"], "topk": 10**9}, {422}), ({"queries": [None]}, {422}), ({"queries": [""]}, {200})]
+    cases = [
+        ({"queries": ["q"] * 10_000}, {413, 422}),
+        ({"queries": ["q"], "topk": 0}, {422}),
+        ({"queries": ["q"], "topk": 10**9}, {422}),
+        ({"queries": [None]}, {422}),
+        ({"queries": [""]}, {200}),
+    ]
     for payload, statuses in cases:
         assert httpx.post(f"{server}/retrieve", json=payload, timeout=30).status_code in statuses
     for body in (b"\x00\xff\xfe", b"[1, 2", b"null", "é".encode("latin-1")):
-        assert httpx.post(f"{server}/retrieve", content=body, headers={"content-type": "application/json"},
-                          timeout=30).status_code in (400, 422)
+        assert httpx.post(
+            f"{server}/retrieve", content=body, headers={"content-type": "application/json"}, timeout=30
+        ).status_code in (400, 422)
     assert httpx.post(f"{server}/retrieve", content=b"x" * 17_000_000, timeout=30).status_code == 413
     record("server: abusive requests", len(cases) + 5)
     assert httpx.post(f"{server}/retrieve", json={"queries": ["ok"]}, timeout=30).status_code == 200
@@ -129,7 +151,9 @@ def test_slow_clients_do_not_block_others(server):
     stalled = []
     for _ in range(4):  # half-sent requests that never finish (slowloris)
         s = socket.create_connection((host, int(port)), timeout=5)
-        s.sendall(b"POST /retrieve HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\ncontent-type: application/json\r\n\r\n{\"q")
+        s.sendall(
+            b'POST /retrieve HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\ncontent-type: application/json\r\n\r\n{"q'
+        )
         stalled.append(s)
     t0 = time.monotonic()
     r = httpx.post(f"{server}/retrieve", json={"queries": ["Eiffel Tower"]}, timeout=30)
@@ -141,8 +165,16 @@ def test_slow_clients_do_not_block_others(server):
 
 def test_a_thousand_requests_from_eight_concurrent_clients(server, index_dirs):
     local = load_retriever(index_dirs / "bm25")
-    queries = ["Eiffel Tower", "Chang Cheh film", "debt of China", "Taos County", "Shanghai 13 director",
-               "MuSiQue question", "river in Germany", "Nobel prize physics"]
+    queries = [
+        "Eiffel Tower",
+        "Chang Cheh film",
+        "debt of China",
+        "Taos County",
+        "Shanghai 13 director",
+        "MuSiQue question",
+        "river in Germany",
+        "Nobel prize physics",
+    ]
     expected = {q: [h.passage.id for h in hs] for q, hs in zip(queries, local.batch_search(queries, 3))}
     errors, served = [], [0]
     lock = threading.Lock()
@@ -176,9 +208,14 @@ def test_server_binds_loopback_unless_told_otherwise():
 
 # ----------------------------------------------------------------------------- security scan
 
-UNSAFE = [(r"\bpickle\.loads?\(", "pickle loading"), (r"(?<![\w.])eval\(", "eval"), (r"(?<![\w.])exec\(", "exec"),
-          (r"allow_pickle\s*=\s*True", "numpy pickle"), (r"torch\.load\((?![^)]*weights_only=True)", "torch.load without weights_only"),
-          (r"trust_remote_code\s*=\s*True", "remote code")]
+UNSAFE = [
+    (r"\bpickle\.loads?\(", "pickle loading"),
+    (r"(?<![\w.])eval\(", "eval"),
+    (r"(?<![\w.])exec\(", "exec"),
+    (r"allow_pickle\s*=\s*True", "numpy pickle"),
+    (r"torch\.load\((?![^)]*weights_only=True)", "torch.load without weights_only"),
+    (r"trust_remote_code\s*=\s*True", "remote code"),
+]
 
 
 def test_no_unsafe_deserialisation_or_code_execution_in_the_source():
@@ -190,16 +227,23 @@ def test_no_unsafe_deserialisation_or_code_execution_in_the_source():
 
 def test_every_http_call_has_a_timeout():
     files = sorted((PROJECT_ROOT / "stepsearch_lib").glob("*.py")) + sorted((PROJECT_ROOT / "bench").glob("*.py"))
-    calls = [(f.name, m.group(0)) for f in files
-             for m in re.finditer(r"httpx\.(Client|AsyncClient|get|post|request)\([^)]*\)", f.read_text(), re.S)]
+    calls = [
+        (f.name, m.group(0))
+        for f in files
+        for m in re.finditer(r"httpx\.(Client|AsyncClient|get|post|request)\([^)]*\)", f.read_text(), re.S)
+    ]
     assert calls and all("timeout" in c for _, c in calls), calls
 
 
 # ----------------------------------------------------------------------------- data loaders
 
-LOADER_FILES = {"musique": "musique/musique_ans_dev_subset.jsonl", "hotpotqa": "hotpotqa/hotpot_dev_distractor_subset.jsonl",
-                "2wiki": "2wikimultihopqa/dev_subset.jsonl", "flashrag": "bamboogle/test.jsonl",
-                "corpus": "corpus/wiki_passages.jsonl"}
+LOADER_FILES = {
+    "musique": "musique/musique_ans_dev_subset.jsonl",
+    "hotpotqa": "hotpotqa/hotpot_dev_distractor_subset.jsonl",
+    "2wiki": "2wikimultihopqa/dev_subset.jsonl",
+    "flashrag": "bamboogle/test.jsonl",
+    "corpus": "corpus/wiki_passages.jsonl",
+}
 FAULTS = ["empty", "truncated", "wrong_type", "missing_field", "duplicate_id", "non_utf8"]
 
 

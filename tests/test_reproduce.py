@@ -6,17 +6,32 @@ from stepsearch_lib.reproduce import notebook_paths, strip_for_commit
 
 
 def test_strip_removes_run_noise_but_keeps_outputs():
-    nb = {"metadata": {"papermill": {"duration": 3}}, "cells": [
-        {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": "PROFILE = 'cpu'", "outputs": []},
-        {"cell_type": "code", "metadata": {"tags": ["injected-parameters"]}, "source": "PROFILE = 'smoke'", "outputs": []},
-        {"cell_type": "code", "metadata": {"execution": {"t": 1}, "papermill": {"status": "ok"}}, "source": "x",
-         "outputs": [{"output_type": "stream", "name": "stderr", "text": "10%|#"},
-                     {"output_type": "stream", "name": "stdout", "text": "outputs ok"}]},
-    ]}
+    nb = {
+        "metadata": {"papermill": {"duration": 3}},
+        "cells": [
+            {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": "PROFILE = 'cpu'", "outputs": []},
+            {
+                "cell_type": "code",
+                "metadata": {"tags": ["injected-parameters"]},
+                "source": "PROFILE = 'smoke'",
+                "outputs": [],
+            },
+            {
+                "cell_type": "code",
+                "metadata": {"execution": {"t": 1}, "papermill": {"status": "ok"}},
+                "source": "x",
+                "outputs": [
+                    {"output_type": "stream", "name": "stderr", "text": "10%|#"},
+                    {"output_type": "stream", "name": "stdout", "text": "outputs ok"},
+                ],
+            },
+        ],
+    }
     out = strip_for_commit(nb)
     assert "papermill" not in out["metadata"] and len(out["cells"]) == 2
     assert out["cells"][1]["metadata"] == {} and out["cells"][1]["outputs"] == [
-        {"output_type": "stream", "name": "stdout", "text": "outputs ok"}]
+        {"output_type": "stream", "name": "stdout", "text": "outputs ok"}
+    ]
     assert nb["cells"][2]["outputs"][0]["name"] == "stderr"  # input untouched
 
 
@@ -49,4 +64,6 @@ def test_compare_runs_ignores_timings_and_location_but_not_results(tmp_path):
     a = write(tmp_path / "a", 0.5, 1.0)
     assert compare_runs(a, write(tmp_path / "b", 0.5, 9.0)) == []
     assert compare_runs(a, write(tmp_path / "c", 0.6, 1.0)) == ["differs: eval/results.csv", "differs: metrics.jsonl"]
-    assert compare_runs(a, write(tmp_path / "d", 0.5, 1.0, "fig.png")) == [f"only in {tmp_path / 'd' / 'smoke'}: fig.png"]
+    assert compare_runs(a, write(tmp_path / "d", 0.5, 1.0, "fig.png")) == [
+        f"only in {tmp_path / 'd' / 'smoke'}: fig.png"
+    ]

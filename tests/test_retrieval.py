@@ -54,7 +54,8 @@ def test_real_subquestion_gold_in_top3(index_dirs, musique_dev, encoder):
     for kind in ("dense", "bm25"):
         hits = load_retriever(index_dirs / kind, encoder=encoder).search(first.question, 3)
         assert passage_key(first.paragraph.title, first.paragraph.text) in {
-            passage_key(h.passage.title, h.passage.text) for h in hits}, (kind, first.question)
+            passage_key(h.passage.title, h.passage.text) for h in hits
+        }, (kind, first.question)
 
 
 def test_hop_recall_is_high_on_the_slice(index_dirs, musique_dev, small_corpus, encoder):
@@ -78,25 +79,46 @@ def test_hybrid_is_reciprocal_rank_fusion(index_dirs, encoder):
     got = hybrid.search(query, 5)
     best = sorted(expected.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
     assert [(h.passage.id, round(h.score, 12)) for h in got] == [(i, round(s, 12)) for i, s in best]
-    assert isinstance(retriever_from_dirs([index_dirs / "dense", index_dirs / "bm25"], encoder=encoder), HybridRetriever)
+    assert isinstance(
+        retriever_from_dirs([index_dirs / "dense", index_dirs / "bm25"], encoder=encoder), HybridRetriever
+    )
 
 
 @pytest.mark.parametrize("factory", ["HNSW32", "IVF8,Flat"])
 def test_ann_factories_agree_with_flat(tmp_path, small_corpus, encoder, index_dirs, factory):
-    build_index("dense", small_corpus, tmp_path / "ann", encoder=encoder, factory=factory,
-                cache_dir=index_dirs / "cache")
+    build_index(
+        "dense", small_corpus, tmp_path / "ann", encoder=encoder, factory=factory, cache_dir=index_dirs / "cache"
+    )
     ann = load_retriever(tmp_path / "ann", encoder=encoder)
     flat = load_retriever(index_dirs / "dense", encoder=encoder)
     queries = [p.title for p in small_corpus[:40]]
-    agree = [len({h.passage.id for h in a} & {h.passage.id for h in f}) / 10
-             for a, f in zip(ann.batch_search(queries, 10), flat.batch_search(queries, 10))]
+    agree = [
+        len({h.passage.id for h in a} & {h.passage.id for h in f}) / 10
+        for a, f in zip(ann.batch_search(queries, 10), flat.batch_search(queries, 10))
+    ]
     assert ann.meta["factory"] == factory and sum(agree) / len(agree) >= 0.9
 
 
 def test_cli_builds_a_bm25_index(tmp_path, data_root):
     out = tmp_path / "cli_bm25"
-    proc = subprocess.run([sys.executable, "-m", "stepsearch_lib.index", "build", "--corpus",
-                           str(data_root / "corpus" / "wiki_passages.jsonl"), "--kind", "bm25", "--out", str(out),
-                           "--limit", "500"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stepsearch_lib.index",
+            "build",
+            "--corpus",
+            str(data_root / "corpus" / "wiki_passages.jsonl"),
+            "--kind",
+            "bm25",
+            "--out",
+            str(out),
+            "--limit",
+            "500",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "num_passages=500" in proc.stdout and load_retriever(out).meta["num_passages"] == 500

@@ -71,10 +71,27 @@ def test_format_gate(response, expected):
 # "china debt" vs "china debt us": P = 1, R = 2/3 -> 0.8; "dai jitao" vs "dai jitao country" -> 0.8.
 KEY_CASES = [
     # id, queries, gold keys, released, max
-    ("worked example (reference README)", ["Dai Jitao country", "China debt"],
-     [["Dai Jitao nationality"], ["China debt US"]], (0.6667 + 0.8) / 2, (0.6667 + 0.8) / 2),
-    ("each query fills its own slot", ["Dai Jitao country", "China debt"], [["Dai Jitao country"], ["China debt"]], 1.0, 1.0),
-    ("order does not matter across slots", ["China debt", "Dai Jitao country"], [["Dai Jitao country"], ["China debt"]], 1.0, 1.0),
+    (
+        "worked example (reference README)",
+        ["Dai Jitao country", "China debt"],
+        [["Dai Jitao nationality"], ["China debt US"]],
+        (0.6667 + 0.8) / 2,
+        (0.6667 + 0.8) / 2,
+    ),
+    (
+        "each query fills its own slot",
+        ["Dai Jitao country", "China debt"],
+        [["Dai Jitao country"], ["China debt"]],
+        1.0,
+        1.0,
+    ),
+    (
+        "order does not matter across slots",
+        ["China debt", "Dai Jitao country"],
+        [["Dai Jitao country"], ["China debt"]],
+        1.0,
+        1.0,
+    ),
     ("tie: the first sub-question", ["China"], [["China debt"], ["China US"]], 0.6667 / 2, 0.6667),
     ("zero-F1 query records nothing", ["Dai Jitao country", "unrelated words"], [["Dai Jitao country"]], 1.0, 1.0),
     ("a later, worse query overwrites", ["Dai Jitao country", "Dai Jitao"], [["Dai Jitao country"]], 0.8, 1.0),
@@ -131,12 +148,23 @@ _W = 1 + math.log(1.5)
 _A, _B = 1 + math.log(4 / 3), 1 + math.log(2)
 IG_CASES = [
     # id, step docs, gold docs, fit, IG per step
-    ("one gold", [["xx zz"]], ["xx yy"], "doc_and_golds", [1 / (1 + _W ** 2)]),
-    ("fit on doc + all golds", [["xx zz"]], ["xx yy", "zz ww"], "doc_and_golds", [_A / (math.sqrt(2) * math.hypot(_A, _B))]),
-    ("fit per pair", [["xx zz"]], ["xx yy", "zz ww"], "pair", [1 / (1 + _W ** 2)]),
-    ("normalised: case, punctuation, articles", [["The XX, zz!"]], ["xx yy"], "doc_and_golds", [1 / (1 + _W ** 2)]),
-    ("a repeat gains nothing, a full match gains the rest", [["xx zz"], ["xx zz"], ["xx yy"]], ["xx yy"],
-     "doc_and_golds", [1 / (1 + _W ** 2), 0.0, 1 - 1 / (1 + _W ** 2)]),
+    ("one gold", [["xx zz"]], ["xx yy"], "doc_and_golds", [1 / (1 + _W**2)]),
+    (
+        "fit on doc + all golds",
+        [["xx zz"]],
+        ["xx yy", "zz ww"],
+        "doc_and_golds",
+        [_A / (math.sqrt(2) * math.hypot(_A, _B))],
+    ),
+    ("fit per pair", [["xx zz"]], ["xx yy", "zz ww"], "pair", [1 / (1 + _W**2)]),
+    ("normalised: case, punctuation, articles", [["The XX, zz!"]], ["xx yy"], "doc_and_golds", [1 / (1 + _W**2)]),
+    (
+        "a repeat gains nothing, a full match gains the rest",
+        [["xx zz"], ["xx zz"], ["xx yy"]],
+        ["xx yy"],
+        "doc_and_golds",
+        [1 / (1 + _W**2), 0.0, 1 - 1 / (1 + _W**2)],
+    ),
     ("c = max over the step's docs", [["qq rr", "xx yy"]], ["xx yy"], "doc_and_golds", [1.0]),
     ("empty step", [[], ["xx yy"]], ["xx yy"], "doc_and_golds", [0.0, 1.0]),
     ("empty doc", [[""]], ["xx yy"], "doc_and_golds", [0.0]),
@@ -159,10 +187,25 @@ def test_information_gain_without_normalisation_keeps_the_article():
 # redundancy on the pieces the released splitter returns (each but the last ends in the next doc's label)
 RP_CASES = [
     # id, step docs, same_rank (released), any_rank (paper)
-    ("repeat at the same rank", [["A\nDoc 2", "B\nDoc 3", "C"], ["A\nDoc 2", "D\nDoc 3", "E"]], [0.0, 1 / 3], [0.0, 1 / 3]),
-    ("repeat at another rank", [["A\nDoc 2", "B\nDoc 3", "C"], ["D\nDoc 2", "A\nDoc 3", "E"]], [0.0, 0.0], [0.0, 1 / 3]),
+    (
+        "repeat at the same rank",
+        [["A\nDoc 2", "B\nDoc 3", "C"], ["A\nDoc 2", "D\nDoc 3", "E"]],
+        [0.0, 1 / 3],
+        [0.0, 1 / 3],
+    ),
+    (
+        "repeat at another rank",
+        [["A\nDoc 2", "B\nDoc 3", "C"], ["D\nDoc 2", "A\nDoc 3", "E"]],
+        [0.0, 0.0],
+        [0.0, 1 / 3],
+    ),
     ("the last rank again", [["A\nDoc 2", "B\nDoc 3", "C"], ["D\nDoc 2", "E\nDoc 3", "C"]], [0.0, 1 / 3], [0.0, 1 / 3]),
-    ("all three back, shuffled", [["A\nDoc 2", "B\nDoc 3", "C"], ["C\nDoc 2", "A\nDoc 3", "B"]], [0.0, 0.0], [0.0, 1.0]),
+    (
+        "all three back, shuffled",
+        [["A\nDoc 2", "B\nDoc 3", "C"], ["C\nDoc 2", "A\nDoc 3", "B"]],
+        [0.0, 0.0],
+        [0.0, 1.0],
+    ),
     ("a step repeats itself", [["A\nDoc 2", "B\nDoc 3", "C"]] * 3, [0.0, 1.0, 1.0], [0.0, 1.0, 1.0]),
     ("empty step", [[], ["A"]], [0.0, 0.0], [0.0, 0.0]),
 ]
@@ -176,6 +219,7 @@ def test_redundancy_by_hand(case, steps, same_rank, any_rank):
 
 def test_same_rank_is_the_released_exact_string_comparison_of_split_pieces(scripted):
     """On real rendered blocks, (rank, piece) matching equals the released loop: exact piece strings."""
+
     def literal(step_docs):
         seen, out = set(), []
         for docs in step_docs:
@@ -219,10 +263,14 @@ def test_placement_on_search_ends_and_last_token():
         place_rewards(5, [7], [0.1], 0.0)
 
 
-SCORE = dict(response="<search> Dai Jitao country </search> ... <answer> China </answer>",
-             queries=["Dai Jitao country", "Dai Jitao country"],
-             step_docs=[["Dai Jitao was a Chinese journalist"], ["Dai Jitao was a Chinese journalist"]],
-             answers=["China"], gold_keys=[["Dai Jitao country"]], gold_docs=["Dai Jitao was a Chinese journalist"])
+SCORE = dict(
+    response="<search> Dai Jitao country </search> ... <answer> China </answer>",
+    queries=["Dai Jitao country", "Dai Jitao country"],
+    step_docs=[["Dai Jitao was a Chinese journalist"], ["Dai Jitao was a Chinese journalist"]],
+    answers=["China"],
+    gold_keys=[["Dai Jitao country"]],
+    gold_docs=["Dai Jitao was a Chinese journalist"],
+)
 
 
 @pytest.mark.parametrize("name", list(REWARD_CONFIGS))
@@ -246,11 +294,22 @@ def test_step_scale_as_written_without_the_in_place_add():
 GATED_CASES = [
     # id, response, gold docs, step rewards, final reward
     ("gate passes", "<answer> China </answer>", SCORE["gold_docs"], [1.6, -1.6], 1.618),
-    ("gate fails: -1 and nothing else", "<search> Dai Jitao country </search> never answers", SCORE["gold_docs"],
-     [0.0, 0.0], -1.0),
+    (
+        "gate fails: -1 and nothing else",
+        "<search> Dai Jitao country </search> never answers",
+        SCORE["gold_docs"],
+        [0.0, 0.0],
+        -1.0,
+    ),
     ("text after the answer fails the gate", "<answer> China </answer> because", SCORE["gold_docs"], [0.0, 0.0], -1.0),
     ("no gold docs: no step rewards", "<answer> China </answer>", [], [0.0, 0.0], 1.618),
-    ("wrong but well-formed answer keeps the key bonus", "<answer> Japan </answer>", SCORE["gold_docs"], [1.6, -1.6], 0.618),
+    (
+        "wrong but well-formed answer keeps the key bonus",
+        "<answer> Japan </answer>",
+        SCORE["gold_docs"],
+        [1.6, -1.6],
+        0.618,
+    ),
 ]
 
 
@@ -262,17 +321,23 @@ def test_gate_and_gold_docs_decide_what_is_paid(case, response, gold_docs, steps
 
 def test_searching_well_and_never_answering_scores_below_a_wrong_answer():
     """Before the fix the 1.6 scale paid a gate failure its step rewards: -1 + 1.6 > 0 for a good search."""
-    good_search = score_trajectory(**{**SCORE, "response": "<search> x </search>", "step_docs": SCORE["step_docs"][:1]},
-                                   reward_cfg=RewardConfig())
-    wrong = score_trajectory(**{**SCORE, "response": "<answer> Japan </answer>", "queries": [], "step_docs": []},
-                             reward_cfg=RewardConfig())
-    assert sum(good_search.step_rewards) + good_search.final_reward == -1.0 < sum(wrong.step_rewards) + wrong.final_reward
+    good_search = score_trajectory(
+        **{**SCORE, "response": "<search> x </search>", "step_docs": SCORE["step_docs"][:1]}, reward_cfg=RewardConfig()
+    )
+    wrong = score_trajectory(
+        **{**SCORE, "response": "<answer> Japan </answer>", "queries": [], "step_docs": []}, reward_cfg=RewardConfig()
+    )
+    assert (
+        sum(good_search.step_rewards) + good_search.final_reward == -1.0 < sum(wrong.step_rewards) + wrong.final_reward
+    )
     assert good_search.info_gain == pytest.approx([1.0])  # still measured, for the logs
 
 
 def test_answer_f1_is_rounded_to_4_decimals_as_released():
-    r = score_trajectory(**{**SCORE, "response": "<answer> alpha </answer>", "answers": ["alpha beta gamma beta gamma"]},
-                         reward_cfg=RewardConfig())
+    r = score_trajectory(
+        **{**SCORE, "response": "<answer> alpha </answer>", "answers": ["alpha beta gamma beta gamma"]},
+        reward_cfg=RewardConfig(),
+    )
     assert r.answer_f1 == 0.3333 and r.final_reward == pytest.approx(0.3333 + 0.618)
 
 
@@ -291,10 +356,15 @@ def test_not_copied_step_drift_every_step_reward_sits_on_its_own_search_end(toke
     from stepsearch_lib.protocol import information_block
 
     docs = [("T", "some text.")]
-    pieces = [("<plan> a </plan>\n<search> first </search>", True), (information_block(docs, "released"), False),
-              ("<search> second </search>", True), (information_block(docs, "released"), False),
-              ("<search> third </search>", True), (information_block(docs, "released"), False),
-              ("<answer> x </answer>", True)]
+    pieces = [
+        ("<plan> a </plan>\n<search> first </search>", True),
+        (information_block(docs, "released"), False),
+        ("<search> second </search>", True),
+        (information_block(docs, "released"), False),
+        ("<search> third </search>", True),
+        (information_block(docs, "released"), False),
+        ("<answer> x </answer>", True),
+    ]
     ids, mask, ends = _episode(tokenizer, pieces)
     rewards = place_rewards(len(ids), ends, [0.1, 0.2, 0.3], 1.0)
     for idx, r in zip(ends, [0.1, 0.2, 0.3]):
@@ -308,8 +378,13 @@ def test_not_copied_reward_inside_a_warning(tokenizer):
     from stepsearch_lib.protocol import INVALID_ACTION_WARNING, information_block
 
     assert "<search> and </search>" in INVALID_ACTION_WARNING  # the trap is really there
-    pieces = [("I am not sure.", True), (INVALID_ACTION_WARNING, False), ("<search> real query </search>", True),
-              (information_block([("T", "text.")], "released"), False), ("<answer> x </answer>", True)]
+    pieces = [
+        ("I am not sure.", True),
+        (INVALID_ACTION_WARNING, False),
+        ("<search> real query </search>", True),
+        (information_block([("T", "text.")], "released"), False),
+        ("<answer> x </answer>", True),
+    ]
     ids, mask, ends = _episode(tokenizer, pieces)
     assert len(ends) == 1
     warning_end = len(_episode(tokenizer, pieces[:2])[0])

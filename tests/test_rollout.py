@@ -17,8 +17,18 @@ def bm25(index_dirs):
 @pytest.fixture(scope="module")
 def trajectories(protocol_model, tokenizer, stepsearch_records, bm25):
     questions = [r["question"] for r in stepsearch_records[:8]]
-    return rollout(protocol_model, tokenizer, questions, bm25, topk=3, max_turns=3, max_new_tokens=64,
-                   batch_size=4, greedy=True, doc_words=20)
+    return rollout(
+        protocol_model,
+        tokenizer,
+        questions,
+        bm25,
+        topk=3,
+        max_turns=3,
+        max_new_tokens=64,
+        batch_size=4,
+        greedy=True,
+        doc_words=20,
+    )
 
 
 def _runs(mask):
@@ -52,8 +62,15 @@ def test_no_information_token_is_trainable(trajectories, tokenizer):
 def test_every_step_reward_sits_on_a_search_end(trajectories, tokenizer, stepsearch_records):
     for t, rec in zip(trajectories, stepsearch_records):
         response = t.response_text(tokenizer)
-        r = score_trajectory(response, t.queries, t.step_docs, [rec["final_answer"]], rec["sub_searchs"],
-                             [d["title"] + " " + d["paragraph_text"] for d in rec["sub_support_docs"]], RewardConfig())
+        r = score_trajectory(
+            response,
+            t.queries,
+            t.step_docs,
+            [rec["final_answer"]],
+            rec["sub_searchs"],
+            [d["title"] + " " + d["paragraph_text"] for d in rec["sub_support_docs"]],
+            RewardConfig(),
+        )
         rewards = place_rewards(len(t.response_ids), t.search_end_idx, r.step_rewards, r.final_reward)
         nonzero = {i for i in range(len(rewards) - 1) if rewards[i] != 0}
         assert nonzero <= set(t.search_end_idx)
@@ -62,7 +79,9 @@ def test_every_step_reward_sits_on_a_search_end(trajectories, tokenizer, stepsea
             assert tokenizer.decode(t.response_ids[: idx + 1]).endswith("</search>")
 
 
-def test_sampled_rollouts_are_reproducible_and_leave_global_rng_alone(protocol_model, tokenizer, stepsearch_records, bm25):
+def test_sampled_rollouts_are_reproducible_and_leave_global_rng_alone(
+    protocol_model, tokenizer, stepsearch_records, bm25
+):
     questions = [r["question"] for r in stepsearch_records[:3]]
     state = torch.random.get_rng_state()
     a = rollout(protocol_model, tokenizer, questions, bm25, max_turns=2, max_new_tokens=24, batch_size=3, seed=5)
@@ -74,8 +93,15 @@ def test_sampled_rollouts_are_reproducible_and_leave_global_rng_alone(protocol_m
 def test_untaught_model_gets_warnings_and_no_answer(tokenizer, stepsearch_records, bm25):
     from stepsearch_lib.models import build_tiny_model
 
-    t = rollout(build_tiny_model(tokenizer), tokenizer, [stepsearch_records[0]["question"]], bm25, max_turns=1,
-                max_new_tokens=8, greedy=True)[0]
+    t = rollout(
+        build_tiny_model(tokenizer),
+        tokenizer,
+        [stepsearch_records[0]["question"]],
+        bm25,
+        max_turns=1,
+        max_new_tokens=8,
+        greedy=True,
+    )[0]
     assert t.answer is None and t.invalid_turns == 2 and t.done
     assert tokenizer.decode(t.response_ids).count("<warning>") == 2
 
@@ -122,8 +148,19 @@ def test_generation_copy_merges_only_the_actor_adapter():
 
 def test_rollout_with_a_bfloat16_sampling_copy(protocol_model, tokenizer, stepsearch_records, bm25):
     questions = [r["question"] for r in stepsearch_records[:4]]
-    trajs = rollout(protocol_model, tokenizer, questions, bm25, topk=3, max_turns=2, max_new_tokens=48,
-                    batch_size=4, greedy=True, doc_words=20, generation_dtype="bfloat16")
+    trajs = rollout(
+        protocol_model,
+        tokenizer,
+        questions,
+        bm25,
+        topk=3,
+        max_turns=2,
+        max_new_tokens=48,
+        batch_size=4,
+        greedy=True,
+        doc_words=20,
+        generation_dtype="bfloat16",
+    )
     assert all(p.dtype == torch.float32 for p in protocol_model.parameters())
     for t in trajs:
         assert len(t.response_ids) == len(t.loss_mask) and sum(t.loss_mask) > 0

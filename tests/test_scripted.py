@@ -27,10 +27,13 @@ def test_fast_and_reference_information_gain_agree_on_real_trajectories(scripted
 
 def test_rewards_rank_the_behaviours(scripted, stepsearch_records):
     rows = score_rows(scripted, stepsearch_records[:10], RewardConfig())
-    mean = {k: {c: np.mean([r[c] for r in rows if r["kind"] == k]) for c in rows[0] if c not in ("id", "kind")}
-            for k in KINDS}
-    assert mean["gold"]["return/full"] > max(mean[k]["return/full"] for k in ("off_topic", "repeated", "wrong_answer",
-                                                                             "no_search"))
+    mean = {
+        k: {c: np.mean([r[c] for r in rows if r["kind"] == k]) for c in rows[0] if c not in ("id", "kind")}
+        for k in KINDS
+    }
+    assert mean["gold"]["return/full"] > max(
+        mean[k]["return/full"] for k in ("off_topic", "repeated", "wrong_answer", "no_search")
+    )
     assert mean["gold"]["info_gain"] > mean["off_topic"]["info_gain"]
     assert mean["repeated"]["redundancy"] > mean["gold"]["redundancy"]
     assert mean["wrong_answer"]["answer_f1"] < mean["gold"]["answer_f1"] == 1.0
@@ -40,8 +43,9 @@ def test_rewards_rank_the_behaviours(scripted, stepsearch_records):
 
 def test_token_layout_puts_rewards_on_search_ends(scripted, stepsearch_records, tokenizer):
     t = scripted[0]
-    scored = score_trajectory(t["response"], t["queries"], t["step_docs"], reward_cfg=RewardConfig(),
-                              **gold_of(stepsearch_records[0]))
+    scored = score_trajectory(
+        t["response"], t["queries"], t["step_docs"], reward_cfg=RewardConfig(), **gold_of(stepsearch_records[0])
+    )
     layout = token_layout(t, tokenizer, scored)
     nonzero = [i for i, r in enumerate(layout["rewards"]) if r != 0]
     assert set(nonzero) <= set(layout["search_end_idx"]) | {len(layout["rewards"]) - 1}

@@ -8,8 +8,11 @@ from stepsearch_lib.retrieval import RemoteRetrievalError, RemoteRetriever, load
 
 
 def test_retrieve_has_the_search_r1_shape(server, index_dirs):
-    body = httpx.post(f"{server}/retrieve", json={"queries": ["Eiffel Tower", "Chang Cheh film"], "topk": 3,
-                                                  "return_scores": True}, timeout=30).json()
+    body = httpx.post(
+        f"{server}/retrieve",
+        json={"queries": ["Eiffel Tower", "Chang Cheh film"], "topk": 3, "return_scores": True},
+        timeout=30,
+    ).json()
     assert set(body) == {"result"} and len(body["result"]) == 2
     for row in body["result"]:
         assert len(row) == 3
@@ -124,17 +127,20 @@ def test_long_queries_are_cut_not_refused(search_r1_server):
 
 
 def _raw(base: str, payload: bytes, headers: dict | None = None):
-    return httpx.post(f"{base}/retrieve", content=payload, headers={"content-type": "application/json", **(headers or {})},
-                      timeout=30)
+    return httpx.post(
+        f"{base}/retrieve", content=payload, headers={"content-type": "application/json", **(headers or {})}, timeout=30
+    )
 
 
 def test_every_error_body_is_json_with_an_error_field(search_r1_server):
-    cases = [httpx.get(f"{search_r1_server}/nowhere", timeout=30),  # 404 (FastAPI's default is {"detail": ...})
-             httpx.get(f"{search_r1_server}/retrieve", timeout=30),  # 405
-             _raw(search_r1_server, b'{"queries": ["\\ud800"]}'),  # a lone surrogate in a query
-             _raw(search_r1_server, b'{"queries": ["a\\udc00b", "ok"]}'),
-             _raw(search_r1_server, b"{not json"),
-             httpx.post(f"{search_r1_server}/retrieve", json={"queries": ["q"] * 5000}, timeout=30)]
+    cases = [
+        httpx.get(f"{search_r1_server}/nowhere", timeout=30),  # 404 (FastAPI's default is {"detail": ...})
+        httpx.get(f"{search_r1_server}/retrieve", timeout=30),  # 405
+        _raw(search_r1_server, b'{"queries": ["\\ud800"]}'),  # a lone surrogate in a query
+        _raw(search_r1_server, b'{"queries": ["a\\udc00b", "ok"]}'),
+        _raw(search_r1_server, b"{not json"),
+        httpx.post(f"{search_r1_server}/retrieve", json={"queries": ["q"] * 5000}, timeout=30),
+    ]
     for r in cases:
         assert 400 <= r.status_code < 500, (r.status_code, r.text[:200])
         assert r.headers["content-type"].startswith("application/json") and set(r.json()) == {"error"}, r.text[:200]
@@ -149,8 +155,9 @@ def test_a_streamed_body_over_the_cap_gets_413(search_r1_server):
             yield b"a" * 1_000_000
         yield b'"]}'
 
-    r = httpx.post(f"{search_r1_server}/retrieve", content=chunks(), headers={"content-type": "application/json"},
-                   timeout=60)
+    r = httpx.post(
+        f"{search_r1_server}/retrieve", content=chunks(), headers={"content-type": "application/json"}, timeout=60
+    )
     assert r.status_code == 413 and "over 16000000 bytes" in r.json()["error"]
     assert httpx.post(f"{search_r1_server}/retrieve", json={"queries": ["ok"]}, timeout=30).status_code == 200
 
@@ -161,8 +168,10 @@ def test_a_body_shorter_than_declared_times_out(search_r1_server):
 
     host, port = search_r1_server.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=20) as s:
-        s.sendall(b"POST /retrieve HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n"
-                  b'{"queries": ["Eiff')
+        s.sendall(
+            b"POST /retrieve HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n"
+            b'{"queries": ["Eiff'
+        )
         t0 = time.monotonic()
         reply = s.recv(4096).decode()
         waited = time.monotonic() - t0

@@ -8,9 +8,12 @@ from stepsearch_lib.retrieval import load_retriever
 from stepsearch_lib.sft import load_adapter, protocol_rates, sft_train
 
 
-def test_warm_start_learns_the_turns_and_saves_a_reloadable_adapter(tmp_path, tokenizer, stepsearch_records, index_dirs):
-    rows = build_demonstrations(stepsearch_records[:8], load_retriever(index_dirs / "bm25"), tokenizer, n=8,
-                                doc_words=20)
+def test_warm_start_learns_the_turns_and_saves_a_reloadable_adapter(
+    tmp_path, tokenizer, stepsearch_records, index_dirs
+):
+    rows = build_demonstrations(
+        stepsearch_records[:8], load_retriever(index_dirs / "bm25"), tokenizer, n=8, doc_words=20
+    )
     assert all(sum(r["completion_mask"]) < len(r["input_ids"]) for r in rows)
     model = add_lora(build_tiny_model(tokenizer), LoraSpec(r=8, alpha=16, dropout=0.0))
     ids, attn, mask = pad_rows(rows, tokenizer.pad_token_id)

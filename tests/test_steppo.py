@@ -48,7 +48,9 @@ def test_gae_matches_a_hand_written_loop(gamma, lam):
     mask[1, 10:] = 0  # padding
     mask[2, 0:2] = 0
     adv, ret = gae(rewards, values, mask, gamma, lam)
-    expected = torch.tensor(_gae_by_hand(rewards.tolist(), values.tolist(), mask.tolist(), gamma, lam), dtype=torch.float64)
+    expected = torch.tensor(
+        _gae_by_hand(rewards.tolist(), values.tolist(), mask.tolist(), gamma, lam), dtype=torch.float64
+    )
     assert torch.allclose(adv, expected, atol=1e-12)
     assert torch.allclose(ret, (expected + values) * mask, atol=1e-12)
 
@@ -93,7 +95,7 @@ def test_whiten_and_entropy():
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
     w = masked_whiten(x, mask)
     assert masked_mean(w, mask).item() == pytest.approx(0.0, abs=1e-6)
-    assert masked_mean(w ** 2, mask).item() == pytest.approx(2 / 3, abs=1e-4)  # unbiased variance: (n - 1) / n
+    assert masked_mean(w**2, mask).item() == pytest.approx(2 / 3, abs=1e-4)  # unbiased variance: (n - 1) / n
     h = entropy_from_logits(torch.zeros(1, 1, 4))
     assert h.item() == pytest.approx(math.log(4))
 
@@ -121,8 +123,9 @@ def test_explained_variance(values, returns, expected):
     from stepsearch_lib.steppo import explained_variance
 
     v, r = torch.tensor([values]), torch.tensor([returns])
-    assert explained_variance(v, r, torch.ones_like(r)) == pytest.approx(1 - float(torch.var(r - v, unbiased=False)
-                                                                                / torch.var(r, unbiased=False)))
+    assert explained_variance(v, r, torch.ones_like(r)) == pytest.approx(
+        1 - float(torch.var(r - v, unbiased=False) / torch.var(r, unbiased=False))
+    )
     assert explained_variance(v, r, torch.ones_like(r)) == pytest.approx(expected)
 
 

@@ -19,10 +19,23 @@ from stepsearch_lib.steppo import gae, masked_whiten, policy_loss, reference_log
 def setup(protocol_model, tokenizer, stepsearch_records, index_dirs):
     actor = add_lora(copy.deepcopy(protocol_model), LoraSpec(r=8, alpha=16, dropout=0.0))
     records = stepsearch_records[:4]
-    trajs = rollout(actor, tokenizer, [r["question"] for r in records], load_retriever(index_dirs / "bm25"),
-                    topk=3, max_turns=2, max_new_tokens=64, batch_size=4, temperature=1.0, doc_words=20, seed=1)
-    scored = [score_trajectory(t.response_text(tokenizer), t.queries, t.step_docs, reward_cfg=RewardConfig(),
-                               **gold_of(r)) for t, r in zip(trajs, records)]
+    trajs = rollout(
+        actor,
+        tokenizer,
+        [r["question"] for r in records],
+        load_retriever(index_dirs / "bm25"),
+        topk=3,
+        max_turns=2,
+        max_new_tokens=64,
+        batch_size=4,
+        temperature=1.0,
+        doc_words=20,
+        seed=1,
+    )
+    scored = [
+        score_trajectory(t.response_text(tokenizer), t.queries, t.step_docs, reward_cfg=RewardConfig(), **gold_of(r))
+        for t, r in zip(trajs, records)
+    ]
     return actor, trajs, scored
 
 
@@ -50,7 +63,9 @@ def test_reference_is_the_actor_without_its_adapter(setup, tokenizer, protocol_m
     base = token_logprobs(protocol_model, batch.input_ids, batch.attention_mask, batch.action_mask)[0]
     assert torch.allclose(ref, base, atol=1e-5)
     with torch.no_grad():
-        assert not torch.allclose(token_logprobs(actor, batch.input_ids, batch.attention_mask, batch.action_mask)[0], base, atol=1e-3)
+        assert not torch.allclose(
+            token_logprobs(actor, batch.input_ids, batch.attention_mask, batch.action_mask)[0], base, atol=1e-3
+        )
 
 
 def test_one_update_lowers_the_surrogate_loss_on_a_fixed_batch(setup, tokenizer):
@@ -189,9 +204,14 @@ def test_trimming_padding_leaves_the_update_unchanged(setup, tokenizer, monkeypa
             monkeypatch.setattr(PPOBatch, "select", lambda self, idx, trim=False: select(self, idx, False))
             monkeypatch.setattr(steppo, "NO_GRAD_CHUNK", len(batch))
         params = [p for n, p in a.named_parameters() if p.requires_grad and ".critic." not in n]
-        out = steppo_update(a, critic, torch.optim.AdamW(params, lr=1e-3),
-                            torch.optim.AdamW(critic.trainable_parameters(), lr=1e-3), batch,
-                            PPOConfig(minibatch_size=2))
+        out = steppo_update(
+            a,
+            critic,
+            torch.optim.AdamW(params, lr=1e-3),
+            torch.optim.AdamW(critic.trainable_parameters(), lr=1e-3),
+            batch,
+            PPOConfig(minibatch_size=2),
+        )
         results.append((out, [p.detach().clone() for p in params]))
     (out_t, w_t), (out_f, w_f) = results
     for key in ("losses/policy", "losses/value", "losses/entropy", "losses/kl_ref"):

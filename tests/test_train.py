@@ -10,14 +10,32 @@ from stepsearch_lib.config import get_config
 from stepsearch_lib.retrieval import load_retriever
 from stepsearch_lib.train import train
 
-KEYS = {"reward/answer_f1", "reward/search_key", "reward/info_gain", "reward/redundancy", "rollout/num_searches",
-        "rollout/response_len", "losses/policy", "losses/approx_kl", "losses/clipfrac", "time/step_s"}
+KEYS = {
+    "reward/answer_f1",
+    "reward/search_key",
+    "reward/info_gain",
+    "reward/redundancy",
+    "rollout/num_searches",
+    "rollout/response_len",
+    "losses/policy",
+    "losses/approx_kl",
+    "losses/clipfrac",
+    "time/step_s",
+}
 
 
 def _cfg(root, model_cache):
-    return get_config("smoke", overrides={"artifact_root": str(root), "model.cache_dir": str(model_cache),
-                                          "train.questions_per_step": 2, "rollout.max_new_tokens": 16,
-                                          "rollout.max_turns": 1, "ppo.minibatch_size": 2})
+    return get_config(
+        "smoke",
+        overrides={
+            "artifact_root": str(root),
+            "model.cache_dir": str(model_cache),
+            "train.questions_per_step": 2,
+            "rollout.max_new_tokens": 16,
+            "rollout.max_turns": 1,
+            "ppo.minibatch_size": 2,
+        },
+    )
 
 
 def _lines(path):
@@ -30,8 +48,9 @@ def _without_time(row):
 
 def test_resume_matches_an_uninterrupted_run(tmp_path, model_cache, stepsearch_records, index_dirs):
     retriever = load_retriever(index_dirs / "bm25")
-    full = _lines(train(_cfg(tmp_path / "a", model_cache), "steppo", steps=2, records=stepsearch_records,
-                        retriever=retriever))
+    full = _lines(
+        train(_cfg(tmp_path / "a", model_cache), "steppo", steps=2, records=stepsearch_records, retriever=retriever)
+    )
     cfg_b = _cfg(tmp_path / "b", model_cache)
     train(cfg_b, "steppo", steps=2, records=stepsearch_records, retriever=retriever, stop_after=1)
     assert latest_checkpoint(cfg_b.path("checkpoints", "steppo-full-s0")).name == "step-000001"
@@ -49,8 +68,9 @@ def test_baselines_run_through_the_same_entry(tmp_path, model_cache, stepsearch_
     assert (latest_checkpoint(cfg.path("checkpoints", run)) / "actor_adapter.safetensors").is_file()
 
 
-def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, model_cache, stepsearch_records,
-                                                                     index_dirs, monkeypatch):
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
+    tmp_path, model_cache, stepsearch_records, index_dirs, monkeypatch
+):
     import stepsearch_lib.train as T
 
     real = T.steppo_update
@@ -85,9 +105,18 @@ def test_rl_starts_from_a_saved_warm_start(tmp_path, model_cache, tokenizer, mod
             if "lora_B" in n:
                 p.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
     sft.save_pretrained(str(tmp_path / "sft"))
-    cfg = get_config("smoke", overrides={"model.cache_dir": str(model_cache), "model.lora_r": 4, "model.lora_alpha": 8,
-                                         "model.lora_dropout": 0.0, "train.init_adapter": str(tmp_path / "sft"),
-                                         "train.init_adapter_mode": mode, "train.gradient_checkpointing": False})
+    cfg = get_config(
+        "smoke",
+        overrides={
+            "model.cache_dir": str(model_cache),
+            "model.lora_r": 4,
+            "model.lora_alpha": 8,
+            "model.lora_dropout": 0.0,
+            "train.init_adapter": str(tmp_path / "sft"),
+            "train.init_adapter_mode": mode,
+            "train.gradient_checkpointing": False,
+        },
+    )
     actor, critic, tok, opt_a, opt_c = build_models(cfg)
     ids = torch.tensor([tok("Who directed Shanghai 13? <search> Shanghai 13 </search>")["input_ids"]])
     with torch.no_grad():
@@ -108,8 +137,9 @@ def test_rl_starts_from_a_saved_warm_start(tmp_path, model_cache, tokenizer, mod
 # ----------------------------------------------------------------------------- run hygiene
 
 
-def test_a_resume_with_another_setting_is_refused_naming_the_field(tmp_path, model_cache, stepsearch_records,
-                                                                    index_dirs):
+def test_a_resume_with_another_setting_is_refused_naming_the_field(
+    tmp_path, model_cache, stepsearch_records, index_dirs
+):
     """Before: only algo / reward / model fields were compared, so a new learning rate resumed silently with
     the old optimizer state. Now every training field is, and the refusal names it."""
     from stepsearch_lib.train import SettingsMismatchError
@@ -119,8 +149,11 @@ def test_a_resume_with_another_setting_is_refused_naming_the_field(tmp_path, mod
     train(cfg, "steppo", steps=2, records=stepsearch_records, retriever=retriever, stop_after=1)
     other = get_config("smoke", {**_overrides(tmp_path, model_cache), "ppo.actor_lr": 3e-4, "rollout.top_p": 0.9})
     for resume in (True, False):  # --no-resume must not take over the other run's folder either
-        with pytest.raises(SettingsMismatchError, match=r"ppo\.actor_lr \(checkpoint 0\.0001, now 0\.0003\).*"
-                                                          r"rollout\.top_p"):
+        with pytest.raises(
+            SettingsMismatchError,
+            match=r"ppo\.actor_lr \(checkpoint 0\.0001, now 0\.0003\).*"
+            r"rollout\.top_p",
+        ):
             train(other, "steppo", steps=2, records=stepsearch_records, retriever=retriever, resume=resume)
     before = _lines(cfg.path("metrics", "steppo-full-s0.jsonl"))
     path = train(other, "steppo", steps=1, records=stepsearch_records, retriever=retriever, tag="lr3e-4")
@@ -137,22 +170,35 @@ def test_seeds_get_their_own_run_folders(tmp_path, model_cache, stepsearch_recor
     assert sorted(p.name for p in cfg.path("checkpoints").iterdir()) == ["ppo-global_only-s0", "ppo-global_only-s1"]
 
 
-def test_the_metrics_log_the_real_f1_the_return_spread_and_the_critic(tmp_path, model_cache, stepsearch_records,
-                                                                      index_dirs):
-    path = train(_cfg(tmp_path, model_cache), "steppo", steps=1, records=stepsearch_records,
-                 retriever=load_retriever(index_dirs / "bm25"))
+def test_the_metrics_log_the_real_f1_the_return_spread_and_the_critic(
+    tmp_path, model_cache, stepsearch_records, index_dirs
+):
+    path = train(
+        _cfg(tmp_path, model_cache),
+        "steppo",
+        steps=1,
+        records=stepsearch_records,
+        retriever=load_retriever(index_dirs / "bm25"),
+    )
     row = _lines(path)[0]
     assert {"reward/answer", "rollout/return_std", "critic/explained_variance", "lr/actor", "lr/critic"} <= set(row)
     assert row["reward/answer_f1"] >= 0.0  # the real F1, never the gate's -1
 
 
 def _overrides(root, model_cache):
-    return {"artifact_root": str(root), "model.cache_dir": str(model_cache), "train.questions_per_step": 2,
-            "rollout.max_new_tokens": 16, "rollout.max_turns": 1, "ppo.minibatch_size": 2}
+    return {
+        "artifact_root": str(root),
+        "model.cache_dir": str(model_cache),
+        "train.questions_per_step": 2,
+        "rollout.max_new_tokens": 16,
+        "rollout.max_turns": 1,
+        "ppo.minibatch_size": 2,
+    }
 
 
-def test_rl_checkpoints_record_their_warm_start_and_evaluation_loads_that_one(tmp_path, model_cache, tokenizer,
-                                                                                stepsearch_records, index_dirs):
+def test_rl_checkpoints_record_their_warm_start_and_evaluation_loads_that_one(
+    tmp_path, model_cache, tokenizer, stepsearch_records, index_dirs
+):
     """Warm starts are keyed by their settings (seed included): a second seed's warm start lives beside the
     first, and a run trained from the first is evaluated on the first, whatever seed the evaluator uses."""
     import torch
@@ -189,14 +235,24 @@ def test_every_cli_takes_profile_seed_and_set_the_same_way(monkeypatch, tmp_path
     import stepsearch_lib.train as T
 
     seen = {}
-    monkeypatch.setattr(T, "train", lambda cfg, algo, *a, **k: seen.update(train=(cfg, algo, k)) or tmp_path / "m.jsonl")
+    monkeypatch.setattr(
+        T, "train", lambda cfg, algo, *a, **k: seen.update(train=(cfg, algo, k)) or tmp_path / "m.jsonl"
+    )
     monkeypatch.setattr(T, "init_world", lambda cpu: T.World())
     T.main(["--profile", "smoke", "--seed", "3", "--set", "train.algo=ppo", "--run-name", "x", "--stop-after", "4"])
     cfg, algo, kwargs = seen["train"]
     assert (cfg.train.algo, algo, cfg.seed, kwargs["tag"], kwargs["stop_after"]) == ("ppo", None, 3, "x", 4)
-    monkeypatch.setattr(S, "warm_start", lambda cfg: seen.update(sft=cfg) or {
-        "before": {"format_ok": 0, "searched": 0, "answer_f1": 0}, "after": {"format_ok": 1, "searched": 1, "answer_f1": 1},
-        "adapter": "a", "train_s": 1.0})
+    monkeypatch.setattr(
+        S,
+        "warm_start",
+        lambda cfg: seen.update(sft=cfg)
+        or {
+            "before": {"format_ok": 0, "searched": 0, "answer_f1": 0},
+            "after": {"format_ok": 1, "searched": 1, "answer_f1": 1},
+            "adapter": "a",
+            "train_s": 1.0,
+        },
+    )
     S.main(["--profile", "smoke", "--seed", "2", "--set", "train.sft_lr=0.001"])
     assert (seen["sft"].seed, seen["sft"].train.sft_lr) == (2, 1e-3)
     for main in (T.main, S.main, E.main):
