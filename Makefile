@@ -14,7 +14,7 @@ SEEDS ?= 0 1 2
 PHASE ?= train
 STUDY_ARGS ?=
 
-.PHONY: study install test test-nbval test-all bench reliability reproduce notebooks data data-check clean-runs
+.PHONY: lab study install test test-nbval test-all bench reliability reproduce notebooks data data-check clean-runs
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -67,6 +67,13 @@ reliability: $(STAMP)
 		"tests/test_train.py::test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint" \
 		"tests/test_notebooks.py::test_running_the_notebooks_twice_gives_the_same_results"
 	$(BIN)/python -m bench.reliability
+
+# JupyterLab on the project's .venv, the profile in the environment (the notebooks' parameters cell reads it);
+# as root (containers) it adds --allow-root. `make lab PROFILE=smoke`
+lab: $(STAMP)
+	@echo "[lab] profile $(PROFILE): open the http://127.0.0.1 URL printed below; Ctrl-C stops the server"
+	STEPSEARCH_PROFILE=$(PROFILE) $(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --notebook-dir=$(CURDIR) \
+		$(if $(filter 0,$(shell id -u)),--allow-root,)
 
 # the cpu study (resumable; any subset): make study PHASE=warm | PHASE=pilot | ARMS=steppo SEEDS=0 STUDY_ARGS="--stop-after 20"
 study: $(STAMP)

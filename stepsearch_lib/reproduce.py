@@ -41,11 +41,27 @@ def run_notebook(src: Path, out_dir: Path, parameters: dict) -> float:
     return time.perf_counter() - start
 
 
+def kernel_metadata() -> dict:
+    """The notebook metadata JupyterLab writes when it opens a notebook and starts this project's kernel: the
+    installed ``python3`` kernelspec and the kernel's ``language_info``. Committed notebooks carry exactly this,
+    so opening one does not mark it modified."""
+    from ipykernel.ipkernel import IPythonKernel
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    spec = KernelSpecManager().get_kernel_spec("python3")
+    info = dict(IPythonKernel.language_info)
+    order = ("codemirror_mode", "file_extension", "mimetype", "name", "nbconvert_exporter", "pygments_lexer", "version")
+    return {
+        "kernelspec": {"display_name": spec.display_name, "language": spec.language, "name": "python3"},
+        "language_info": {k: info[k] for k in order},
+    }
+
+
 def strip_for_commit(nb: dict) -> dict:
     """An executed notebook without run-specific noise: no papermill / execution metadata, no
     injected-parameters cell, no stderr streams (progress bars); outputs otherwise kept."""
     nb = json.loads(json.dumps(nb))
-    nb["metadata"].pop("papermill", None)
+    nb["metadata"] = kernel_metadata()  # what the kernel writes on open: committed notebooks stay clean
     cells = []
     for cell in nb["cells"]:
         if "injected-parameters" in cell.get("metadata", {}).get("tags", []):

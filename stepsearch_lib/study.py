@@ -8,6 +8,10 @@ Phases, each resumable and each runnable for any subset (``--arms``, ``--seeds``
   ``train.sft_queries`` (``question``: query quality has room to grow, which is what step rewards teach).
 * ``pilot`` StePPO at each actor learning rate of ``--lrs`` for ``PILOT_STEPS`` updates from the study's warm start
   -> ``results/cpu_study/pilot/<run>.jsonl``.
+* ``eval``  the warm start and every run's final checkpoint, greedy, on the held-out questions (`heldout`)
+  -> ``results/cpu_study/predictions/<model>.jsonl`` (skipped when present: resumable).
+* ``summary`` ``results/cpu_study/summary.csv``: per arm, seed, dataset and metric the mean with its 95 % bootstrap
+  interval over questions; StePPO - PPO and each arm - warm start paired over seeds and questions.
 * ``train`` every arm x seed for ``train.steps`` updates of ``train.questions_per_step`` questions (``STUDY``), the
   same warm start for all, seeds paired across arms (the same seed draws the same questions at every step)
   -> ``results/cpu_study/metrics/<run>.jsonl`` after every piece (``--stop-after K`` runs up to update K).
@@ -25,9 +29,13 @@ from pathlib import Path
 
 from .cli import add_config_args, door
 from .config import get_config
-from .fileio import atomic_path, write_csv
+from .evaluate import bootstrap_ci, load_model_for_eval
+from .fileio import atomic_path, iter_json_records, require, write_csv, write_jsonl
+from .heldout import METRICS, evaluate_heldout, heldout_sets, paired_bootstrap
 from .overrides import parse_cli_overrides
 from .paths import PROJECT_ROOT
+from .profile_data import load_profile_corpus
+from .retrieval import profile_retriever
 from .sft import ensure_warm_start
 from .train import train
 
@@ -51,6 +59,8 @@ WARM_SEED = 0
 
 PILOT_STEPS = 15
 PILOT_LRS = (2e-5, 5e-5, 1e-4)
+HELDOUT_PER_DATASET = 100
+"""Held-out questions per dev subset (all 125 of Bamboogle)."""
 
 
 def study_config(profile: str, overrides: dict | None = None, seed: int = 0):
@@ -108,16 +118,100 @@ def run_pilot(profile: str, lr: float, overrides: dict | None = None) -> Path:
     return publish_metrics(train(cfg, "steppo", "full", steps=PILOT_STEPS, tag=f"pilot-lr{lr:g}"), "pilot")
 
 
+def study_models(profile: str, arms, seeds, overrides: dict | None = None) -> dict[str, Path]:
+    """{name: adapter or checkpoint folder} of the warm start and every finished study run of ``arms`` x ``seeds``."""
+    out = {"warm": warm_start_adapter(profile, overrides)}
+    for seed in seeds:
+        cfg = study_config(profile, overrides, seed)
+        for arm in arms:
+            algo, reward = ARMS[arm]
+            folder = cfg.path("checkpoints", f"{algo}-{reward}-s{seed}-study")
+            cmd = f"stepsearch study --phase train --arms {arm} --seeds {seed}"
+            out[f"{arm}-s{seed}"] = require(folder / "latest", cmd).parent
+    return out
+
+
+def run_heldout(profile: str, arms, seeds, overrides: dict | None = None) -> list[Path]:
+    """Predictions of each study model on the held-out questions (a model with predictions is skipped)."""
+    cfg = study_config(profile, overrides, 0)
+    sets = heldout_sets(cfg, HELDOUT_PER_DATASET)
+    retriever, corpus = profile_retriever(cfg), load_profile_corpus(cfg)
+    written = []
+    for name, path in study_models(profile, arms, seeds, overrides).items():
+        target = RESULTS / "predictions" / f"{name}.jsonl"
+        if not target.is_file():
+            model, tok = load_model_for_eval(str(path), cfg)
+            write_jsonl(target, evaluate_heldout(model, tok, sets, retriever, cfg, corpus))
+        written.append(target)
+    return written
+
+
+def summarize(arms, seeds, n_samples: int = 2000) -> Path:
+    """``summary.csv`` from the committed predictions: per (arm, seed, dataset, metric) value and interval; paired
+    differences (StePPO - PPO, arm - warm start) over seeds and questions."""
+
+    def load(name):
+        path = require(RESULTS / "predictions" / f"{name}.jsonl", "stepsearch study --phase eval")
+        return [r for _, r in iter_json_records(path)]
+
+    warm = load("warm")
+    runs = {(arm, seed): load(f"{arm}-s{seed}") for arm in arms for seed in seeds}
+    datasets = sorted({r["dataset"] for r in warm})
+    rows = []
+    for (arm, seed), preds in [(("warm", "-"), warm), *runs.items()]:
+        for ds in datasets:
+            for metric in METRICS:
+                values = [r[metric] for r in preds if r["dataset"] == ds and r[metric] == r[metric]]
+                if values:
+                    mean, lo, hi = bootstrap_ci(values, n_samples)
+                    rows.append(
+                        {
+                            "arm": arm,
+                            "seed": seed,
+                            "dataset": ds,
+                            "n": len(values),
+                            "metric": metric,
+                            "value": mean,
+                            "lo": lo,
+                            "hi": hi,
+                        }
+                    )
+    pairs = [(a, "warm") for a in arms] + ([("steppo", "ppo")] if {"steppo", "ppo"} <= set(arms) else [])
+    for left, right in pairs:
+        for ds in datasets:
+            for metric in METRICS:
+
+                def keyed(arm):
+                    preds = {seed: warm for seed in seeds} if arm == "warm" else {s: runs[(arm, s)] for s in seeds}
+                    return {(s, r["id"]): r[metric] for s, rs in preds.items() for r in rs if r["dataset"] == ds}
+
+                d, lo, hi, n = paired_bootstrap(keyed(left), keyed(right), n_samples)
+                if n:
+                    rows.append(
+                        {
+                            "arm": f"{left} - {right}",
+                            "seed": "paired",
+                            "dataset": ds,
+                            "n": n,
+                            "metric": metric,
+                            "value": d,
+                            "lo": lo,
+                            "hi": hi,
+                        }
+                    )
+    return write_csv(RESULTS / "summary.csv", rows)
+
+
 @door
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        description="The cpu study: StePPO vs PPO from one warm start, paired seeds (phases warm, pilot, train).",
+        description="The cpu study: StePPO vs PPO from one warm start, paired seeds (phases warm, pilot, train, eval, summary).",
         epilog="examples:\n  stepsearch study --phase warm\n  stepsearch study --phase pilot --lrs 5e-5\n"
         "  stepsearch study --phase train --arms steppo --seeds 0 --stop-after 20   (make study ARMS=steppo SEEDS=0)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_args(ap)
-    ap.add_argument("--phase", choices=("warm", "pilot", "train"), required=True)
+    ap.add_argument("--phase", choices=("warm", "pilot", "train", "eval", "summary"), required=True)
     ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=["steppo", "ppo"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--lrs", nargs="+", type=float, default=list(PILOT_LRS), help="pilot actor learning rates")
@@ -129,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.phase == "pilot":
         for lr in args.lrs:
             print(f"pilot lr {lr:g}: {run_pilot(args.profile, lr, overrides)}", flush=True)
+    elif args.phase == "eval":
+        for path in run_heldout(args.profile, args.arms, args.seeds, overrides):
+            print(f"predictions: {path}")
+    elif args.phase == "summary":
+        print(f"summary: {summarize(args.arms, args.seeds)}")
     else:
         for seed in args.seeds:  # seed-major: a partial study still has both arms of its first seeds
             for arm in args.arms:

@@ -22,7 +22,7 @@ FLOORS = [
     ("protocol and rollout", ["protocol", "decoding", "rollout", "demonstrations"]),
     ("rewards (pure)", ["rewards", "scripted", "batching"]),
     ("training", ["checkpoint", "steppo", "sft", "train"]),
-    ("evaluation", ["evaluate", "eval_suite", "study"]),
+    ("evaluation", ["evaluate", "heldout", "eval_suite", "study"]),
     ("files in, figures out", ["plotting", "reproduce"]),
     ("doors", ["__main__"]),
 ]

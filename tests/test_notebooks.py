@@ -7,7 +7,7 @@ import re
 import pytest
 from reliability_stats import record
 
-from stepsearch_lib.reproduce import compare_runs, notebook_outputs, notebook_paths, run_notebook
+from stepsearch_lib.reproduce import compare_runs, kernel_metadata, notebook_outputs, notebook_paths, run_notebook
 
 NOTEBOOKS = notebook_paths()
 
@@ -68,3 +68,9 @@ def test_running_the_notebooks_twice_gives_the_same_results(executed, tmp_path):
         shown = notebook_outputs(executed / nb.name, executed.parent / "runs")
         assert shown == notebook_outputs(tmp_path / "executed" / nb.name, tmp_path / "runs"), nb.name
         assert sum(x != "<timed>" for x in shown) >= len(shown) // 2  # most outputs are compared exactly
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_committed_metadata_is_what_the_kernel_writes(nb):
+    """Opening a notebook in JupyterLab (kernelspec) and starting its kernel (language_info) leaves it unmodified."""
+    assert json.loads(nb.read_text())["metadata"] == kernel_metadata()

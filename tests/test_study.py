@@ -1,0 +1,85 @@
+"""The cpu study's held-out metrics on real rollouts, and its summary's paired comparisons by hand."""
+
+import json
+import math
+
+import pytest
+
+from stepsearch_lib import study
+from stepsearch_lib.config import get_config
+from stepsearch_lib.data import passage_key
+from stepsearch_lib.heldout import METRICS, evaluate_heldout, heldout_gold
+from stepsearch_lib.retrieval import load_retriever
+
+
+def test_heldout_rows_score_real_rollouts(protocol_model, tokenizer, musique_dev, index_dirs, small_corpus):
+    cfg = get_config("smoke")
+    records = musique_dev[:4]
+    rows = evaluate_heldout(
+        protocol_model, tokenizer, {"musique": records}, load_retriever(index_dirs / "bm25"), cfg, small_corpus
+    )
+    assert [r["id"] for r in rows] == [r.id for r in records]
+    ids = {passage_key(p.title, p.text): p.id for p in small_corpus}
+    for row, rec in zip(rows, records):
+        assert set(METRICS) <= set(row)
+        gold = heldout_gold(rec, ids)
+        assert gold["gold_keys"] and all("#" not in k[0] for k in gold["gold_keys"])  # placeholders resolved
+        assert len(gold["gold_ids"]) == len(gold["gold_docs"])  # every gold paragraph is in the small corpus
+        assert 0 <= row["gold_recall"] <= 1 and 0 <= row["f1"] <= 1 and row["em"] in (0.0, 1.0)
+    assert sum(r["searches"] for r in rows) > 0  # the protocol model searches
+
+
+def write_predictions(folder, name, values):
+    """values: {question id: em}; every other metric copies em (F1) or is NaN (search_key)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [
+        {
+            "id": q,
+            "dataset": "musique",
+            "em": v,
+            "f1": v,
+            "format_ok": 1.0,
+            "searches": 1.0,
+            "search_key": math.nan,
+            "gold_recall": v,
+            "info_gain_sum": 0.0,
+        }
+        for q, v in values.items()
+    ]
+    (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_summary_pairs_arms_over_seeds_and_questions(tmp_path, monkeypatch):
+    """EM by hand: warm (0, 0); StePPO s0 (1, 0), s1 (1, 1); PPO s0 (0, 0), s1 (1, 0).
+    StePPO - PPO over the 4 (seed, question) pairs: (1 + 0 + 0 + 1) / 4 = 0.5; StePPO - warm: 3/4."""
+    monkeypatch.setattr(study, "RESULTS", tmp_path)
+    preds = tmp_path / "predictions"
+    write_predictions(preds, "warm", {"q1": 0.0, "q2": 0.0})
+    write_predictions(preds, "steppo-s0", {"q1": 1.0, "q2": 0.0})
+    write_predictions(preds, "steppo-s1", {"q1": 1.0, "q2": 1.0})
+    write_predictions(preds, "ppo-s0", {"q1": 0.0, "q2": 0.0})
+    write_predictions(preds, "ppo-s1", {"q1": 1.0, "q2": 0.0})
+    rows = list(csv_rows(study.summarize(["steppo", "ppo"], [0, 1], n_samples=200)))
+    get = {(r["arm"], r["seed"], r["metric"]): r for r in rows}
+    assert float(get[("steppo - ppo", "paired", "em")]["value"]) == pytest.approx(0.5)
+    assert int(get[("steppo - ppo", "paired", "em")]["n"]) == 4
+    assert float(get[("steppo - warm", "paired", "em")]["value"]) == pytest.approx(0.75)
+    assert float(get[("steppo", "1", "em")]["value"]) == 1.0 and float(get[("ppo", "1", "em")]["value"]) == 0.5
+    assert ("steppo - ppo", "paired", "search_key") not in get  # all NaN: no pairs, no row
+    lo, hi = float(get[("steppo - ppo", "paired", "em")]["lo"]), float(get[("steppo - ppo", "paired", "em")]["hi"])
+    assert lo <= 0.5 <= hi
+
+
+def csv_rows(path):
+    import csv
+
+    with open(path, newline="") as f:
+        yield from csv.DictReader(f)
+
+
+def test_a_missing_run_names_the_command_that_evaluates_it(tmp_path, monkeypatch):
+    from stepsearch_lib.fileio import MissingInputError
+
+    monkeypatch.setattr(study, "RESULTS", tmp_path)
+    with pytest.raises(MissingInputError, match="stepsearch study --phase eval"):
+        study.summarize(["steppo"], [0])
