@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from .config import ModelConfig
 from .fileio import MissingInputError, atomic_path
 from .paths import default_cache_dir
 
@@ -163,12 +164,12 @@ def guard_4bit_cpu_gradients(model: torch.nn.Module) -> int:
 
 @dataclass(frozen=True)
 class LoraSpec:
-    """LoRA adapter settings (see `ModelConfig` for the meaning of each)."""
+    """LoRA adapter settings: the ``lora_*`` fields of `ModelConfig` (their meaning and defaults live there)."""
 
-    r: int = 32
-    alpha: int = 64
-    dropout: float = 0.05
-    target: str = "all-linear"
+    r: int = ModelConfig.lora_r
+    alpha: int = ModelConfig.lora_alpha
+    dropout: float = ModelConfig.lora_dropout
+    target: str = ModelConfig.lora_target
 
     @classmethod
     def from_config(cls, model_cfg) -> "LoraSpec | None":

@@ -185,6 +185,15 @@ CURVE_KEYS = (
 """Training-curve panels: metric key and axis label."""
 
 
+def _label_panels(axes, keys) -> None:
+    """Per-metric curve panels: x label, the metric's name as title, a light grid; the legend on the first."""
+    for ax, (_, name) in zip(axes, keys):
+        ax.set_xlabel("update")
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+
+
 def plot_training_curves(
     runs: dict[str, Path | str], out_path: Path | str, keys=CURVE_KEYS, title: str = "Training curves"
 ):
@@ -197,11 +206,7 @@ def plot_training_curves(
         rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
         for ax, (key, _) in zip(axes[0], keys):
             ax.plot([r["step"] for r in rows], [r[key] for r in rows], marker="o", markersize=3, label=label)
-    for ax, (_, name) in zip(axes[0], keys):
-        ax.set_xlabel("update step")
-        ax.set_title(name, fontsize=9)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    _label_panels(axes[0], keys)
     return _finish(fig, out_path, title)
 
 
@@ -258,3 +263,73 @@ def read_paper_results(path: Path | str) -> list[dict]:
             if k.endswith(("_em", "_f1")):
                 r[k] = float(r[k])
     return rows
+
+
+STUDY_CURVE_KEYS = (
+    ("reward/token_sum", "training reward (sum per episode)"),
+    ("reward/search_key", "search-key score"),
+    ("reward/info_gain", "information gain"),
+    ("reward/answer_f1", "answer F1"),
+    ("losses/kl_ref", "KL to the warm start"),
+)
+"""Panels of the study's training curves."""
+
+
+def plot_study_curves(
+    runs: dict[str, list[Path | str]], out_path: Path | str, keys=STUDY_CURVE_KEYS, title: str = "Training curves"
+):
+    """One panel per metric; per arm (label -> its seeds' metrics JSONL) the mean over seeds and a min-max band."""
+    import numpy as np
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.0), squeeze=False)
+    for label, paths in runs.items():
+        seeds = [[r for _, r in iter_json_records(p)] for p in paths]
+        steps = min(len(s) for s in seeds)
+        x = np.arange(1, steps + 1)
+        for ax, (key, _) in zip(axes[0], keys):
+            y = np.array([[s[i].get(key, np.nan) for i in range(steps)] for s in seeds], dtype=float)
+            (line,) = ax.plot(x, np.nanmean(y, 0), label=f"{label} ({len(seeds)} seeds)")
+            ax.fill_between(x, np.nanmin(y, 0), np.nanmax(y, 0), color=line.get_color(), alpha=0.2)
+    _label_panels(axes[0], keys)
+    return _finish(fig, out_path, title)
+
+
+def plot_study_heldout(
+    summary_csv: Path | str,
+    paper_csv: Path | str,
+    out_path: Path | str,
+    arms: tuple[str, ...] = ("warm", "ppo", "steppo"),
+    paper_model: str = "qwen2.5-3b-base",
+    title: str = "Held-out EM: ours (mean over seeds, 95 % interval) beside the paper's RL comparison",
+):
+    """EM per dataset: each arm's seed-mean with the range of its seeds' 95 % intervals, and the paper's
+    `rl_comparison` rows of ``paper_model`` (hatched)."""
+    import numpy as np
+
+    plt = _pyplot()
+    rows = [r for r in read_csv(summary_csv) if r["metric"] == "em" and r["seed"] != "paired"]
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    paper = {
+        r["method"]: r
+        for r in read_paper_results(paper_csv)
+        if r["table"] == "rl_comparison" and r["model"] == paper_model
+    }
+    series = [a for a in arms if any(r["arm"] == a for r in rows)] + [f"paper {m}" for m in ("ppo", "steppo")]
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.8 * len(datasets)), 3.6))
+    width, x = 0.8 / len(series), np.arange(len(datasets))
+    for i, name in enumerate(series):
+        if name.startswith("paper "):
+            vals = [paper.get(name[6:], {}).get(f"{d}_em", np.nan) for d in datasets]
+            ax.bar(x + i * width, vals, width, hatch="//", alpha=0.5, label=f"{name} ({paper_model})")
+            continue
+        per = [[r for r in rows if r["arm"] == name and r["dataset"] == d] for d in datasets]
+        mean = [np.mean([float(r["value"]) for r in p]) if p else np.nan for p in per]
+        lo = [m - min(float(r["lo"]) for r in p) if p else 0 for m, p in zip(mean, per)]
+        hi = [max(float(r["hi"]) for r in p) - m if p else 0 for m, p in zip(mean, per)]
+        ax.bar(x + i * width, mean, width, yerr=[lo, hi], capsize=2, label=name)
+    ax.set_xticks(x + width * (len(series) - 1) / 2, datasets)
+    ax.set_ylabel("EM")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _finish(fig, out_path, title)

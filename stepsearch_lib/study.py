@@ -34,6 +34,7 @@ from .fileio import atomic_path, iter_json_records, require, write_csv, write_js
 from .heldout import METRICS, evaluate_heldout, heldout_sets, paired_bootstrap
 from .overrides import parse_cli_overrides
 from .paths import PROJECT_ROOT
+from .plotting import plot_study_curves, plot_study_heldout
 from .profile_data import load_profile_corpus
 from .retrieval import profile_retriever
 from .sft import ensure_warm_start
@@ -202,6 +203,34 @@ def summarize(arms, seeds, n_samples: int = 2000) -> Path:
     return write_csv(RESULTS / "summary.csv", rows)
 
 
+def study_figures(arms, seeds) -> list[Path]:
+    """Training curves (mean and seed band per arm) from the published metrics; held-out EM beside the paper."""
+    curves = {}
+    for arm in arms:
+        algo, reward = ARMS[arm]
+        paths = [RESULTS / "metrics" / f"{algo}-{reward}-s{seed}-study.jsonl" for seed in seeds]
+        if all(p.is_file() for p in paths):
+            curves[arm] = paths
+    out = []
+    if curves:
+        out.append(
+            plot_study_curves(
+                curves,
+                RESULTS / "figures" / "training_curves.png",
+                title="cpu study: training curves (mean over seeds, min-max band)",
+            )
+        )
+    if (RESULTS / "summary.csv").is_file():
+        out.append(
+            plot_study_heldout(
+                RESULTS / "summary.csv",
+                PROJECT_ROOT / "reference" / "paper_results.csv",
+                RESULTS / "figures" / "heldout_em.png",
+            )
+        )
+    return out
+
+
 @door
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
@@ -228,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"predictions: {path}")
     elif args.phase == "summary":
         print(f"summary: {summarize(args.arms, args.seeds)}")
+        for figure in study_figures(args.arms, args.seeds):
+            print(f"figure: {figure}")
     else:
         for seed in args.seeds:  # seed-major: a partial study still has both arms of its first seeds
             for arm in args.arms:

@@ -13,7 +13,7 @@ from stepsearch_lib.retrieval import load_retriever
 
 
 def test_heldout_rows_score_real_rollouts(protocol_model, tokenizer, musique_dev, index_dirs, small_corpus):
-    cfg = get_config("smoke")
+    cfg = get_config("smoke", {"rollout.max_new_tokens": 64, "rollout.doc_words": 20})  # as the protocol model learnt
     records = musique_dev[:4]
     rows = evaluate_heldout(
         protocol_model, tokenizer, {"musique": records}, load_retriever(index_dirs / "bm25"), cfg, small_corpus
@@ -68,6 +68,24 @@ def test_summary_pairs_arms_over_seeds_and_questions(tmp_path, monkeypatch):
     assert ("steppo - ppo", "paired", "search_key") not in get  # all NaN: no pairs, no row
     lo, hi = float(get[("steppo - ppo", "paired", "em")]["lo"]), float(get[("steppo - ppo", "paired", "em")]["hi"])
     assert lo <= 0.5 <= hi
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    for name in ("steppo-full-s0", "steppo-full-s1", "ppo-global_only-s0", "ppo-global_only-s1"):
+        lines = [
+            {
+                "step": k,
+                "reward/token_sum": 0.1 * k,
+                "reward/search_key": 0.2,
+                "reward/info_gain": 0.3,
+                "reward/answer_f1": 0.1,
+                "losses/kl_ref": 0.01 * k,
+            }
+            for k in (1, 2, 3)
+        ]
+        (metrics / f"{name}-study.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    figures = study.study_figures(["steppo", "ppo"], [0, 1])
+    assert [f.name for f in figures] == ["training_curves.png", "heldout_em.png"]
+    assert all(f.stat().st_size > 10_000 for f in figures)
 
 
 def csv_rows(path):
