@@ -22,8 +22,9 @@ FLOORS = [
     ("protocol and rollout", ["protocol", "decoding", "rollout", "demonstrations"]),
     ("rewards (pure)", ["rewards", "scripted", "batching"]),
     ("training", ["checkpoint", "steppo", "sft", "train"]),
-    ("evaluation", ["evaluate", "heldout", "eval_suite", "study"]),
+    ("evaluation", ["evaluate", "heldout", "eval_suite"]),
     ("files in, figures out", ["plotting", "reproduce"]),
+    ("experiments", ["study"]),
     ("doors", ["__main__"]),
 ]
 ORDER = [m for _, mods in FLOORS for m in mods]
