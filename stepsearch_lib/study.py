@@ -41,7 +41,16 @@ from .sft import ensure_warm_start
 from .train import train
 
 RESULTS = PROJECT_ROOT / "results" / "cpu_study"
-"""Committed study results (small files: CSV, metrics JSONL, predictions)."""
+"""Committed results of the cpu study (small files: CSV, metrics JSONL, predictions, figures)."""
+
+
+def results_dir(profile: str, overrides: dict | None = None) -> Path:
+    """`RESULTS` for the cpu profile in the project's own run folder; ``<run folder>/study`` otherwise (a smoke
+    study, or one under another artifact root, never writes over the committed results)."""
+    if profile == "cpu" and not (overrides or {}).get("artifact_root"):
+        return RESULTS
+    return get_config(profile, overrides).run_dir / "study"
+
 
 STUDY = {
     "train.steps": 60,  # x 8 questions = 480 training episodes per run
@@ -73,7 +82,7 @@ def warm_start_adapter(profile: str, overrides: dict | None = None) -> Path:
     return Path(ensure_warm_start(study_config(profile, overrides, WARM_SEED))["adapter"])
 
 
-def compare_warm_starts(profile: str, overrides: dict | None = None) -> Path:
+def compare_warm_starts(profile: str, out: Path, overrides: dict | None = None) -> Path:
     """Train (or reuse) both warm starts and write their dev-question rates side by side."""
     rows = []
     for queries in ("gold", "question"):
@@ -95,28 +104,30 @@ def compare_warm_starts(profile: str, overrides: dict | None = None) -> Path:
                     "adapter": Path(report["adapter"]).name,
                 }
             )
-    return write_csv(RESULTS / "warm_starts.csv", rows)
+    return write_csv(out / "warm_starts.csv", rows)
 
 
-def publish_metrics(path: Path, folder: str) -> Path:
-    """Copy a run's metrics JSONL into ``results/cpu_study/<folder>/`` (atomic)."""
-    target = RESULTS / folder / Path(path).name
+def publish_metrics(path: Path, folder: Path) -> Path:
+    """Copy a run's metrics JSONL into ``folder`` (atomic)."""
+    target = folder / Path(path).name
     with atomic_path(target) as tmp:
         shutil.copyfile(path, tmp)
     return target
 
 
-def run_arm(profile: str, arm: str, seed: int, overrides: dict | None = None, stop_after: int | None = None) -> Path:
+def run_arm(
+    profile: str, arm: str, seed: int, out: Path, overrides: dict | None = None, stop_after: int | None = None
+) -> Path:
     algo, reward = ARMS[arm]
     cfg = study_config(profile, overrides, seed)
     cfg = replace(cfg, train=replace(cfg.train, init_adapter=str(warm_start_adapter(profile, overrides))))
-    return publish_metrics(train(cfg, algo, reward, tag="study", stop_after=stop_after), "metrics")
+    return publish_metrics(train(cfg, algo, reward, tag="study", stop_after=stop_after), out / "metrics")
 
 
-def run_pilot(profile: str, lr: float, overrides: dict | None = None) -> Path:
+def run_pilot(profile: str, lr: float, out: Path, overrides: dict | None = None) -> Path:
     cfg = study_config(profile, {**(overrides or {}), "ppo.actor_lr": lr}, 0)
     cfg = replace(cfg, train=replace(cfg.train, init_adapter=str(warm_start_adapter(profile, overrides))))
-    return publish_metrics(train(cfg, "steppo", "full", steps=PILOT_STEPS, tag=f"pilot-lr{lr:g}"), "pilot")
+    return publish_metrics(train(cfg, "steppo", "full", steps=PILOT_STEPS, tag=f"pilot-lr{lr:g}"), out / "pilot")
 
 
 def study_models(profile: str, arms, seeds, overrides: dict | None = None) -> dict[str, Path]:
@@ -132,14 +143,14 @@ def study_models(profile: str, arms, seeds, overrides: dict | None = None) -> di
     return out
 
 
-def run_heldout(profile: str, arms, seeds, overrides: dict | None = None) -> list[Path]:
+def run_heldout(profile: str, arms, seeds, out: Path, overrides: dict | None = None) -> list[Path]:
     """Predictions of each study model on the held-out questions (a model with predictions is skipped)."""
     cfg = study_config(profile, overrides, 0)
     sets = heldout_sets(cfg, HELDOUT_PER_DATASET)
     retriever, corpus = profile_retriever(cfg), load_profile_corpus(cfg)
     written = []
     for name, path in study_models(profile, arms, seeds, overrides).items():
-        target = RESULTS / "predictions" / f"{name}.jsonl"
+        target = out / "predictions" / f"{name}.jsonl"
         if not target.is_file():
             model, tok = load_model_for_eval(str(path), cfg)
             write_jsonl(target, evaluate_heldout(model, tok, sets, retriever, cfg, corpus))
@@ -147,12 +158,12 @@ def run_heldout(profile: str, arms, seeds, overrides: dict | None = None) -> lis
     return written
 
 
-def summarize(arms, seeds, n_samples: int = 2000) -> Path:
+def summarize(arms, seeds, out: Path, n_samples: int = 2000) -> Path:
     """``summary.csv`` from the committed predictions: per (arm, seed, dataset, metric) value and interval; paired
     differences (StePPO - PPO, arm - warm start) over seeds and questions."""
 
     def load(name):
-        path = require(RESULTS / "predictions" / f"{name}.jsonl", "stepsearch study --phase eval")
+        path = require(out / "predictions" / f"{name}.jsonl", "stepsearch study --phase eval")
         return [r for _, r in iter_json_records(path)]
 
     warm = load("warm")
@@ -200,35 +211,35 @@ def summarize(arms, seeds, n_samples: int = 2000) -> Path:
                             "hi": hi,
                         }
                     )
-    return write_csv(RESULTS / "summary.csv", rows)
+    return write_csv(out / "summary.csv", rows)
 
 
-def study_figures(arms, seeds) -> list[Path]:
+def study_figures(arms, seeds, out: Path) -> list[Path]:
     """Training curves (mean and seed band per arm) from the published metrics; held-out EM beside the paper."""
     curves = {}
     for arm in arms:
         algo, reward = ARMS[arm]
-        paths = [RESULTS / "metrics" / f"{algo}-{reward}-s{seed}-study.jsonl" for seed in seeds]
+        paths = [out / "metrics" / f"{algo}-{reward}-s{seed}-study.jsonl" for seed in seeds]
         if all(p.is_file() for p in paths):
             curves[arm] = paths
-    out = []
+    figures = []
     if curves:
-        out.append(
+        figures.append(
             plot_study_curves(
                 curves,
-                RESULTS / "figures" / "training_curves.png",
+                out / "figures" / "training_curves.png",
                 title="cpu study: training curves (mean over seeds, min-max band)",
             )
         )
-    if (RESULTS / "summary.csv").is_file():
-        out.append(
+    if (out / "summary.csv").is_file():
+        figures.append(
             plot_study_heldout(
-                RESULTS / "summary.csv",
+                out / "summary.csv",
                 PROJECT_ROOT / "reference" / "paper_results.csv",
-                RESULTS / "figures" / "heldout_em.png",
+                out / "figures" / "heldout_em.png",
             )
         )
-    return out
+    return figures
 
 
 @door
@@ -247,22 +258,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stop-after", type=int, default=None, metavar="K", help="train: stop each run after update K")
     args = ap.parse_args(argv)
     overrides = parse_cli_overrides(args.set)
+    out = results_dir(args.profile, overrides)
     if args.phase == "warm":
-        print(f"warm starts: {compare_warm_starts(args.profile, overrides)}")
+        print(f"warm starts: {compare_warm_starts(args.profile, out, overrides)}")
     elif args.phase == "pilot":
         for lr in args.lrs:
-            print(f"pilot lr {lr:g}: {run_pilot(args.profile, lr, overrides)}", flush=True)
+            print(f"pilot lr {lr:g}: {run_pilot(args.profile, lr, out, overrides)}", flush=True)
     elif args.phase == "eval":
-        for path in run_heldout(args.profile, args.arms, args.seeds, overrides):
+        for path in run_heldout(args.profile, args.arms, args.seeds, out, overrides):
             print(f"predictions: {path}")
     elif args.phase == "summary":
-        print(f"summary: {summarize(args.arms, args.seeds)}")
-        for figure in study_figures(args.arms, args.seeds):
+        print(f"summary: {summarize(args.arms, args.seeds, out)}")
+        for figure in study_figures(args.arms, args.seeds, out):
             print(f"figure: {figure}")
     else:
         for seed in args.seeds:  # seed-major: a partial study still has both arms of its first seeds
             for arm in args.arms:
-                print(f"{arm} seed {seed}: {run_arm(args.profile, arm, seed, overrides, args.stop_after)}", flush=True)
+                print(
+                    f"{arm} seed {seed}: {run_arm(args.profile, arm, seed, out, overrides, args.stop_after)}",
+                    flush=True,
+                )
     return 0
 
 

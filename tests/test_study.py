@@ -49,17 +49,16 @@ def write_predictions(folder, name, values):
     (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def test_summary_pairs_arms_over_seeds_and_questions(tmp_path, monkeypatch):
+def test_summary_pairs_arms_over_seeds_and_questions(tmp_path):
     """EM by hand: warm (0, 0); StePPO s0 (1, 0), s1 (1, 1); PPO s0 (0, 0), s1 (1, 0).
     StePPO - PPO over the 4 (seed, question) pairs: (1 + 0 + 0 + 1) / 4 = 0.5; StePPO - warm: 3/4."""
-    monkeypatch.setattr(study, "RESULTS", tmp_path)
     preds = tmp_path / "predictions"
     write_predictions(preds, "warm", {"q1": 0.0, "q2": 0.0})
     write_predictions(preds, "steppo-s0", {"q1": 1.0, "q2": 0.0})
     write_predictions(preds, "steppo-s1", {"q1": 1.0, "q2": 1.0})
     write_predictions(preds, "ppo-s0", {"q1": 0.0, "q2": 0.0})
     write_predictions(preds, "ppo-s1", {"q1": 1.0, "q2": 0.0})
-    rows = list(csv_rows(study.summarize(["steppo", "ppo"], [0, 1], n_samples=200)))
+    rows = list(csv_rows(study.summarize(["steppo", "ppo"], [0, 1], tmp_path, n_samples=200)))
     get = {(r["arm"], r["seed"], r["metric"]): r for r in rows}
     assert float(get[("steppo - ppo", "paired", "em")]["value"]) == pytest.approx(0.5)
     assert int(get[("steppo - ppo", "paired", "em")]["n"]) == 4
@@ -83,7 +82,7 @@ def test_summary_pairs_arms_over_seeds_and_questions(tmp_path, monkeypatch):
             for k in (1, 2, 3)
         ]
         (metrics / f"{name}-study.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-    figures = study.study_figures(["steppo", "ppo"], [0, 1])
+    figures = study.study_figures(["steppo", "ppo"], [0, 1], tmp_path)
     assert [f.name for f in figures] == ["training_curves.png", "heldout_em.png"]
     assert all(f.stat().st_size > 10_000 for f in figures)
 
@@ -95,9 +94,8 @@ def csv_rows(path):
         yield from csv.DictReader(f)
 
 
-def test_a_missing_run_names_the_command_that_evaluates_it(tmp_path, monkeypatch):
+def test_a_missing_run_names_the_command_that_evaluates_it(tmp_path):
     from stepsearch_lib.fileio import MissingInputError
 
-    monkeypatch.setattr(study, "RESULTS", tmp_path)
     with pytest.raises(MissingInputError, match="stepsearch study --phase eval"):
-        study.summarize(["steppo"], [0])
+        study.summarize(["steppo"], [0], tmp_path)
