@@ -13,8 +13,8 @@ from bench.common import save, timed
 from bench.retrieval import BATCH, _overlap, _search_all
 from stepsearch_lib.config import get_config
 from stepsearch_lib.encoder import load_encoder
+from stepsearch_lib.index import build_faiss, embed_passages
 from stepsearch_lib.profile_data import load_eval_sets, load_profile_corpus
-from stepsearch_lib.retrieval import build_faiss, embed_passages
 
 SWEEP = {
     "HNSW16": ("efSearch", (16, 32, 64, 128)),

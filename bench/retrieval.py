@@ -21,8 +21,9 @@ from bench.common import save, timed
 from stepsearch_lib.config import get_config
 from stepsearch_lib.data import passage_key
 from stepsearch_lib.encoder import load_encoder
+from stepsearch_lib.index import build_faiss, embed_passages
 from stepsearch_lib.profile_data import load_eval_sets, load_profile_corpus
-from stepsearch_lib.retrieval import RemoteRetriever, build_faiss, embed_passages, retriever_from_dirs
+from stepsearch_lib.retrieval import RemoteRetriever, retriever_from_dirs
 
 BATCH = 32
 FACTORIES = ("Flat", "HNSW32", "IVF256,PQ48")

@@ -18,13 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-from tqdm.auto import tqdm
-
 from .cli import stage_command
 from .data import Passage, load_corpus, split_contents
 from .encoder import load_encoder
-from .fileio import MissingInputError, atomic_path, peak_rss_mb, require, write_json, write_jsonl
+from .fileio import MissingInputError, require
 
 INDEX_FORMAT = 1
 """Version of the index folder layout."""
@@ -73,48 +70,7 @@ class Retriever:
 # ----------------------------------------------------------------------------- dense
 
 
-def embed_passages(
-    encoder, passages: Sequence[Passage], batch_size: int = 64, cache_dir: Path | None = None, chunk: int = 2048
-) -> tuple[np.ndarray, bool]:
-    """Embed ``title. text`` of each passage (L2-normalised float32), cached by (encoder, corpus hash).
-    Returns the embeddings and whether they came from the cache."""
-    key = hashlib.sha256(f"{encoder.name}|{encoder.passage_prefix}|{corpus_hash(passages)}".encode()).hexdigest()[:24]
-    cache = Path(cache_dir) / "embeddings" / f"{key}.npy" if cache_dir else None
-    if cache is not None and cache.is_file():
-        emb = np.load(cache, allow_pickle=False)
-        if emb.shape == (len(passages), encoder.dim):
-            return emb, True
-    texts = [f"{p.title}. {p.text}" for p in passages]
-    parts = []
-    for start in tqdm(range(0, len(texts), chunk), desc=f"encoding with {encoder.name}", unit="chunk"):
-        parts.append(encoder.encode_passages(texts[start : start + chunk], batch_size=batch_size))
-    emb = np.concatenate(parts) if parts else np.zeros((0, encoder.dim), dtype="float32")
-    if cache is not None:
-        with atomic_path(cache) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, emb, allow_pickle=False)
-    return emb, False
-
-
-def build_faiss(embeddings: np.ndarray, factory: str = "Flat", seed: int = 0):
-    """A FAISS inner-product index from a factory string; trained on the embeddings when needed."""
-    import faiss
-
-    index = faiss.index_factory(embeddings.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
-    if not index.is_trained:
-        rng = np.random.default_rng(seed)
-        sample = (
-            embeddings
-            if len(embeddings) <= 100_000
-            else embeddings[rng.choice(len(embeddings), 100_000, replace=False)]
-        )
-        index.train(sample)
-    index.add(embeddings)
-    _set_search_params(index)
-    return index
-
-
-def _set_search_params(index, ef_search: int = 128, nprobe: int = 16) -> None:
+def set_search_params(index, ef_search: int = 128, nprobe: int = 16) -> None:
     import faiss
 
     base = faiss.downcast_index(index)
@@ -123,54 +79,6 @@ def _set_search_params(index, ef_search: int = 128, nprobe: int = 16) -> None:
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
         ivf.nprobe = nprobe
-
-
-def _write_index_dir(out_dir: Path, passages: Sequence[Passage], meta: dict, write_native) -> Path:
-    with atomic_path(out_dir, is_dir=True) as tmp:
-        write_jsonl(tmp / "passages.jsonl", ({"id": p.id, "title": p.title, "text": p.text} for p in passages))
-        write_native(tmp)
-        write_json(tmp / "meta.json", meta)
-    return Path(out_dir)
-
-
-def _base_meta(kind: str, passages: Sequence[Passage], seconds: float) -> dict:
-    return {
-        "format": INDEX_FORMAT,
-        "kind": kind,
-        "corpus_hash": corpus_hash(passages),
-        "num_passages": len(passages),
-        "build_seconds": round(seconds, 3),
-        "peak_rss_mb_at_build": round(peak_rss_mb(), 1),
-    }
-
-
-def build_dense_index(
-    passages: Sequence[Passage],
-    encoder,
-    out_dir: Path | str,
-    factory: str = "Flat",
-    batch_size: int = 64,
-    cache_dir: Path | None = None,
-    seed: int = 0,
-) -> dict:
-    """Encode the corpus and save a FAISS index folder; return its metadata."""
-    import faiss
-
-    start = time.perf_counter()
-    emb, cached = embed_passages(encoder, passages, batch_size, cache_dir)
-    encode_seconds = time.perf_counter() - start
-    index = build_faiss(emb, factory, seed)
-    meta = {
-        **_base_meta("dense", passages, time.perf_counter() - start),
-        "encoder": encoder.name,
-        "dim": int(emb.shape[1]),
-        "metric": "inner_product",
-        "factory": factory,
-        "encode_seconds": round(encode_seconds, 3),
-        "embeddings_from_cache": cached,
-    }
-    _write_index_dir(Path(out_dir), passages, meta, lambda d: faiss.write_index(index, str(d / "index.faiss")))
-    return meta
 
 
 class DenseRetriever(Retriever):
@@ -195,7 +103,7 @@ class DenseRetriever(Retriever):
 # ----------------------------------------------------------------------------- BM25
 
 
-def _bm25_tokenize(texts: Sequence[str], show_progress: bool = False):
+def bm25_tokenize(texts: Sequence[str], show_progress: bool = False):
     """bm25s tokens with the vocabulary in sorted order: bm25s numbers words in set order (it changes
     with Python's hash seed), which made two builds of the same index differ byte for byte."""
     import bm25s
@@ -208,27 +116,6 @@ def _bm25_tokenize(texts: Sequence[str], show_progress: bool = False):
     return Tokenized(ids=[[remap[i] for i in doc] for doc in tok.ids], vocab=vocab)
 
 
-def build_bm25_index(passages: Sequence[Passage], out_dir: Path | str, k1: float = 1.5, b: float = 0.75) -> dict:
-    r"""Index ``title text`` of each passage with bm25s (English stopwords, Snowball stemmer).
-
-    $s_\mathrm{BM25}(q, d) = \sum_{t \in q} \ln(1 + \frac{N - n_t + 0.5}{n_t + 0.5}) \frac{f(t, d)}{f(t, d) + k_1 (1 - b + b |d| / \overline{|d|})}$ (bm25s' Lucene variant)
-    """
-    import bm25s
-
-    start = time.perf_counter()
-    tokens = _bm25_tokenize([f"{p.title} {p.text}" for p in passages], show_progress=True)
-    model = bm25s.BM25(k1=k1, b=b)
-    model.index(tokens, show_progress=True)
-    meta = {
-        **_base_meta("bm25", passages, time.perf_counter() - start),
-        "k1": k1,
-        "b": b,
-        "tokenizer": "bm25s(en stopwords, snowball english)",
-    }
-    _write_index_dir(Path(out_dir), passages, meta, lambda d: model.save(str(d / "bm25"), show_progress=False))
-    return meta
-
-
 class BM25Retriever(Retriever):
     def __init__(self, model, passages: Sequence[Passage], meta: dict):
         self.model, self.passages, self.meta = model, list(passages), meta
@@ -237,7 +124,7 @@ class BM25Retriever(Retriever):
         if not queries:
             return []
         k = min(k, len(self.passages))
-        tokens = _bm25_tokenize(queries)
+        tokens = bm25_tokenize(queries)
         ids, scores = self.model.retrieve(tokens, k=k, show_progress=False, n_threads=1)
         out = []
         for irow, srow in zip(ids, scores):
@@ -323,7 +210,7 @@ def load_retriever(
     import faiss
 
     index = faiss.read_index(str(index_dir / "index.faiss"))
-    _set_search_params(index)
+    set_search_params(index)
     return DenseRetriever(index, passages, encoder, meta)
 
 

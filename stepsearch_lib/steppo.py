@@ -279,3 +279,32 @@ def steppo_update(
     out["losses/actor_updated"] = float(update_actor)
     out["reward/token_sum"] = (batch.token_rewards.sum() / n).item()
     return out
+
+
+def grpo_update(actor, opt, batch, groups: list[int], outcome: list[float], ppo, seed: int, world=None) -> dict:
+    """GRPO: A_i = (R_i - mean_group) / (std_group + eps) on every action token of sample i."""
+    rewards = torch.tensor(outcome, dtype=torch.float32)
+    adv = torch.zeros(len(outcome))
+    for g in set(groups):
+        idx = [i for i, x in enumerate(groups) if x == g]
+        r = rewards[idx]
+        adv[idx] = (r - r.mean()) / (r.std(unbiased=False) + 1e-6)
+    mask = batch.action_mask
+    advantages = adv[:, None] * mask
+    actor.eval()
+    with torch.no_grad():
+        old = token_logprobs(actor, batch.input_ids, batch.attention_mask, mask)[0]
+    actor.train()
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(ppo.ppo_epochs):
+        order = torch.randperm(len(batch), generator=gen).tolist()
+        for start in range(0, len(batch), ppo.minibatch_size):
+            idx = order[start : start + ppo.minibatch_size]
+            mb = batch.select(idx)
+            lp, ent = token_logprobs(actor, mb.input_ids, mb.attention_mask, mask[idx], with_entropy=True)
+            loss, stats = policy_loss(lp, old[idx], advantages[idx], mask[idx], ppo.clip_ratio)
+            (loss - ppo.entropy_coef * masked_mean(ent, mask[idx])).backward()
+            optimizer_step(opt, ppo.max_grad_norm, world)
+            losses.append(loss.item())
+    return {"losses/policy": sum(losses) / len(losses), **stats}

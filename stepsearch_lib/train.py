@@ -37,14 +37,20 @@ from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .cli import UsageError, add_config_args, config_from_args, door, stage_command
 from .critic import ValueModel, add_critic_adapter
 from .fileio import peak_rss_mb, require
-from .models import LoraSpec, compute_autocast, policy_from_config, resolved_compute_dtype, token_logprobs
+from .models import LoraSpec, compute_autocast, policy_from_config, resolved_compute_dtype
 from .overrides import apply_overrides
 from .parallel import World, assert_replicas_equal, barrier, init_world, mean_over_processes
 from .retrieval import profile_retriever
 from .rewards import gold_of, score_trajectory
 from .rollout import rollout_from_config
 from .sft import init_adapter_path
-from .steppo import masked_mean, optimizer_step, params_of, policy_loss, set_lr, steppo_update, warmup_factor
+from .steppo import (
+    grpo_update,
+    params_of,
+    set_lr,
+    steppo_update,
+    warmup_factor,
+)
 from .stepsearch_format import read_stepsearch
 
 ALGOS = ("steppo", "ppo", "grpo")
@@ -133,35 +139,6 @@ def build_models(cfg):
 def _step_questions(records: list[dict], n: int, seed: int, step: int) -> list[dict]:
     rng = np.random.default_rng([seed, step])
     return [records[i] for i in rng.choice(len(records), size=min(n, len(records)), replace=False)]
-
-
-def grpo_update(actor, opt, batch, groups: list[int], outcome: list[float], ppo, seed: int, world=None) -> dict:
-    """GRPO: A_i = (R_i - mean_group) / (std_group + eps) on every action token of sample i."""
-    rewards = torch.tensor(outcome, dtype=torch.float32)
-    adv = torch.zeros(len(outcome))
-    for g in set(groups):
-        idx = [i for i, x in enumerate(groups) if x == g]
-        r = rewards[idx]
-        adv[idx] = (r - r.mean()) / (r.std(unbiased=False) + 1e-6)
-    mask = batch.action_mask
-    advantages = adv[:, None] * mask
-    actor.eval()
-    with torch.no_grad():
-        old = token_logprobs(actor, batch.input_ids, batch.attention_mask, mask)[0]
-    actor.train()
-    gen = torch.Generator().manual_seed(seed)
-    losses = []
-    for _ in range(ppo.ppo_epochs):
-        order = torch.randperm(len(batch), generator=gen).tolist()
-        for start in range(0, len(batch), ppo.minibatch_size):
-            idx = order[start : start + ppo.minibatch_size]
-            mb = batch.select(idx)
-            lp, ent = token_logprobs(actor, mb.input_ids, mb.attention_mask, mask[idx], with_entropy=True)
-            loss, stats = policy_loss(lp, old[idx], advantages[idx], mask[idx], ppo.clip_ratio)
-            (loss - ppo.entropy_coef * masked_mean(ent, mask[idx])).backward()
-            optimizer_step(opt, ppo.max_grad_norm, world)
-            losses.append(loss.item())
-    return {"losses/policy": float(np.mean(losses)), **stats}
 
 
 SEED_STRIDE = 100_003

@@ -18,6 +18,7 @@ import torch
 
 from stepsearch_lib.data import Passage
 from stepsearch_lib.demonstrations import completion_loss
+from stepsearch_lib.index import build_bm25_index, build_dense_index
 from stepsearch_lib.models import build_tiny_model
 from stepsearch_lib.recall import RecallQuery, recall_rows
 from stepsearch_lib.retrieval import (
@@ -25,8 +26,6 @@ from stepsearch_lib.retrieval import (
     DenseRetriever,
     Hit,
     Retriever,
-    build_bm25_index,
-    build_dense_index,
     load_retriever,
 )
 
