@@ -54,3 +54,13 @@ def memory_bandwidth_gbs(size_mb: int = 512, repeat: int = 5) -> float:
     b = np.empty_like(a)
     _, best = timed(np.copyto, b, a, repeat=repeat)
     return 2 * a.nbytes / best / 1e9
+
+
+def gemm_gflops(m: int = 2048, k: int = 576, n: int = 1536, dtype: str = "bfloat16", repeat: int = 20) -> float:
+    """Measured (m x k) @ (k x n) GEMM rate in GFLOP/s, best of ``repeat`` (default: the model's shapes,
+    hidden 576 and MLP 1536)."""
+    import torch
+
+    a, b = torch.randn(m, k, dtype=getattr(torch, dtype)), torch.randn(k, n, dtype=getattr(torch, dtype))
+    _, s = timed(torch.matmul, a, b, repeat=repeat)
+    return 2 * m * k * n / s / 1e9

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import memory_bandwidth_gbs, timed
+from bench.common import gemm_gflops, memory_bandwidth_gbs
 from stepsearch_lib.batching import build_batch
 from stepsearch_lib.config import PROJECT_ROOT, get_config
 from stepsearch_lib.data import load_corpus, load_questions
@@ -85,9 +85,7 @@ def bm25_over_the_corpus(cfg) -> object:
 
 def roofline(params: int, batch: int = 16) -> dict:
     """Tokens/s bound of one decode step of ``batch`` rows with bf16 weights: max(compute, weight traffic)."""
-    a = torch.randn(2048, 2048, dtype=torch.bfloat16)
-    _, s = timed(torch.matmul, a, a, repeat=5)
-    flops = 2 * 2048**3 / s
+    flops = gemm_gflops(2048, 2048, 2048, repeat=5) * 1e9
     bw = memory_bandwidth_gbs() * 1e9
     step_s = max(batch * 2 * params / flops, 2 * params / bw)
     return {

@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from bench.common import timed
+from bench.common import gemm_gflops
 from stepsearch_lib import steppo
 from stepsearch_lib.batching import PPOBatch
 from stepsearch_lib.config import PROJECT_ROOT, get_config
@@ -48,13 +48,6 @@ def synthetic_batch(seed: int = 0) -> PPOBatch:
     rewards = torch.zeros(n, width)
     rewards[:, 600] = 0.5
     return PPOBatch(ids, attn, act, rewards, [PROMPT] * n, act.clone(), None)
-
-
-def gemm_gflops(dtype=torch.bfloat16, m: int = 2048, k: int = 576, n: int = 1536) -> float:
-    """Measured GEMM rate at the model's shapes (hidden 576, MLP 1536)."""
-    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-    _, s = timed(lambda: a @ b, repeat=20)
-    return 2 * m * k * n / s / 1e9
 
 
 def run() -> dict:

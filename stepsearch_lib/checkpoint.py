@@ -25,9 +25,12 @@ def _trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous().clone() for n, p in module.named_parameters() if p.requires_grad}
 
 
-def _load_trainable(module: torch.nn.Module, file: Path) -> None:
-    tensors = load_file(str(file))
-    params = {n: p for n, p in module.named_parameters() if p.requires_grad}
+def _load_trainable(module: torch.nn.Module, file: Path, skip: str | None = None) -> None:
+    """Copy ``file``'s tensors into ``module``'s trainable parameters; the two name sets must match exactly
+    (names containing ``skip`` left out of both)."""
+    keep = (lambda n: skip not in n) if skip else (lambda n: True)
+    tensors = {n: t for n, t in load_file(str(file)).items() if keep(n)}
+    params = {n: p for n, p in module.named_parameters() if p.requires_grad and keep(n)}
     if set(tensors) != set(params):
         raise KeyError(
             f"{file}: trainable parameters differ from the model's "
@@ -63,23 +66,11 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
 
 
 def load_policy_weights(path: Path, actor, skip: str = ".critic.") -> dict:
-    """Restore only the policy from a training checkpoint (for evaluation: no critic, no optimizers).
-
-    Loads every tensor of ``actor_adapter.safetensors`` except a shared critic's adapter (names containing
-    ``skip``); each trainable parameter of ``actor`` must be among them. Returns the checkpoint's state."""
-    path = Path(path)
-    file = path / "actor_adapter.safetensors"
-    tensors = {n: t for n, t in load_file(str(file)).items() if skip not in n}
-    params = {n: p for n, p in actor.named_parameters() if p.requires_grad and skip not in n}
-    if set(tensors) != set(params):
-        raise KeyError(
-            f"{file}: policy parameters differ from the model's "
-            f"(missing {sorted(set(params) - set(tensors))[:3]}, unexpected {sorted(set(tensors) - set(params))[:3]})"
-        )
-    with torch.no_grad():
-        for name, value in tensors.items():
-            params[name].copy_(value)
-    return json.loads((path / "state.json").read_text())
+    """Restore only the policy from a training checkpoint (for evaluation: no critic, no optimizers): every
+    tensor of ``actor_adapter.safetensors`` except a shared critic's adapter (names containing ``skip``).
+    Returns the checkpoint's state."""
+    _load_trainable(actor, Path(path) / "actor_adapter.safetensors", skip)
+    return json.loads((Path(path) / "state.json").read_text())
 
 
 def load_checkpoint(path: Path, actor, critic, actor_opt, critic_opt) -> dict:

@@ -107,6 +107,11 @@ def compare_warm_starts(profile: str, out: Path, overrides: dict | None = None) 
     return write_csv(out / "warm_starts.csv", rows)
 
 
+def from_warm_start(cfg, profile: str, overrides: dict | None = None):
+    """``cfg`` starting RL from the study's one warm start (whatever ``cfg``'s seed)."""
+    return replace(cfg, train=replace(cfg.train, init_adapter=str(warm_start_adapter(profile, overrides))))
+
+
 def publish_metrics(path: Path, folder: Path) -> Path:
     """Copy a run's metrics JSONL into ``folder`` (atomic)."""
     target = folder / Path(path).name
@@ -119,14 +124,12 @@ def run_arm(
     profile: str, arm: str, seed: int, out: Path, overrides: dict | None = None, stop_after: int | None = None
 ) -> Path:
     algo, reward = ARMS[arm]
-    cfg = study_config(profile, overrides, seed)
-    cfg = replace(cfg, train=replace(cfg.train, init_adapter=str(warm_start_adapter(profile, overrides))))
+    cfg = from_warm_start(study_config(profile, overrides, seed), profile, overrides)
     return publish_metrics(train(cfg, algo, reward, tag="study", stop_after=stop_after), out / "metrics")
 
 
 def run_pilot(profile: str, lr: float, out: Path, overrides: dict | None = None) -> Path:
-    cfg = study_config(profile, {**(overrides or {}), "ppo.actor_lr": lr}, 0)
-    cfg = replace(cfg, train=replace(cfg.train, init_adapter=str(warm_start_adapter(profile, overrides))))
+    cfg = from_warm_start(study_config(profile, {**(overrides or {}), "ppo.actor_lr": lr}, 0), profile, overrides)
     return publish_metrics(train(cfg, "steppo", "full", steps=PILOT_STEPS, tag=f"pilot-lr{lr:g}"), out / "pilot")
 
 
@@ -167,50 +170,30 @@ def summarize(arms, seeds, out: Path, n_samples: int = 2000) -> Path:
         return [r for _, r in iter_json_records(path)]
 
     warm = load("warm")
-    runs = {(arm, seed): load(f"{arm}-s{seed}") for arm in arms for seed in seeds}
+    # arm -> seed -> predictions; the warm start stands in for every seed when an arm is paired with it
+    preds = {"warm": dict.fromkeys(seeds, warm), **{arm: {s: load(f"{arm}-s{s}") for s in seeds} for arm in arms}}
     datasets = sorted({r["dataset"] for r in warm})
+
+    def row(arm, seed, ds, metric, n, value, lo, hi):
+        return {"arm": arm, "seed": seed, "dataset": ds, "n": n, "metric": metric, "value": value, "lo": lo, "hi": hi}
+
+    def keyed(arm, ds, metric):
+        return {(s, r["id"]): r[metric] for s, rs in preds[arm].items() for r in rs if r["dataset"] == ds}
+
     rows = []
-    for (arm, seed), preds in [(("warm", "-"), warm), *runs.items()]:
+    for arm, seed, rs in [("warm", "-", warm)] + [(a, s, preds[a][s]) for a in arms for s in seeds]:
         for ds in datasets:
             for metric in METRICS:
-                values = [r[metric] for r in preds if r["dataset"] == ds and r[metric] == r[metric]]
+                values = [r[metric] for r in rs if r["dataset"] == ds and r[metric] == r[metric]]  # NaN: no gold
                 if values:
-                    mean, lo, hi = bootstrap_ci(values, n_samples)
-                    rows.append(
-                        {
-                            "arm": arm,
-                            "seed": seed,
-                            "dataset": ds,
-                            "n": len(values),
-                            "metric": metric,
-                            "value": mean,
-                            "lo": lo,
-                            "hi": hi,
-                        }
-                    )
+                    rows.append(row(arm, seed, ds, metric, len(values), *bootstrap_ci(values, n_samples)))
     pairs = [(a, "warm") for a in arms] + ([("steppo", "ppo")] if {"steppo", "ppo"} <= set(arms) else [])
     for left, right in pairs:
         for ds in datasets:
             for metric in METRICS:
-
-                def keyed(arm):
-                    preds = {seed: warm for seed in seeds} if arm == "warm" else {s: runs[(arm, s)] for s in seeds}
-                    return {(s, r["id"]): r[metric] for s, rs in preds.items() for r in rs if r["dataset"] == ds}
-
-                d, lo, hi, n = paired_bootstrap(keyed(left), keyed(right), n_samples)
+                d, lo, hi, n = paired_bootstrap(keyed(left, ds, metric), keyed(right, ds, metric), n_samples)
                 if n:
-                    rows.append(
-                        {
-                            "arm": f"{left} - {right}",
-                            "seed": "paired",
-                            "dataset": ds,
-                            "n": n,
-                            "metric": metric,
-                            "value": d,
-                            "lo": lo,
-                            "hi": hi,
-                        }
-                    )
+                    rows.append(row(f"{left} - {right}", "paired", ds, metric, n, d, lo, hi))
     return write_csv(out / "summary.csv", rows)
 
 
@@ -257,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lrs", nargs="+", type=float, default=list(PILOT_LRS), help="pilot actor learning rates")
     ap.add_argument("--stop-after", type=int, default=None, metavar="K", help="train: stop each run after update K")
     args = ap.parse_args(argv)
+    if args.seed is not None:
+        ap.error("the study runs several seeds: use --seeds S [S ...]")
     overrides = parse_cli_overrides(args.set)
     out = results_dir(args.profile, overrides)
     if args.phase == "warm":
