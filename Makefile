@@ -8,13 +8,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PROFILE ?= cpu
 PYTEST_ARGS ?=
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 ARMS ?= steppo ppo
 SEEDS ?= 0 1 2
 PHASE ?= train
 STUDY_ARGS ?=
 
-.PHONY: lab study install test test-nbval test-all bench reliability reproduce notebooks data data-check clean-runs
+.PHONY: test-browser lab study install test test-nbval test-all bench reliability reproduce notebooks data data-check clean-runs
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -67,6 +68,13 @@ reliability: $(STAMP)
 		"tests/test_train.py::test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint" \
 		"tests/test_notebooks.py::test_running_the_notebooks_twice_gives_the_same_results"
 	$(BIN)/python -m bench.reliability
+
+# opt-in: notebooks 01-03 run through JupyterLab's UI in a real Chromium (Debian's: playwright's own download is
+# unreachable); screenshots and report.json under runs/browser/. Installs chromium (apt) and playwright if missing.
+test-browser: $(STAMP)
+	command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[browser]"
+	$(BIN)/python tests/browser_check.py
 
 # JupyterLab on the project's .venv, the profile in the environment (the notebooks' parameters cell reads it);
 # as root (containers) it adds --allow-root. `make lab PROFILE=smoke`

@@ -34,6 +34,7 @@ from .paths import (  # noqa: F401 (re-exported)
     RUN_LAYOUT,
     default_cache_dir,
     default_data_root,
+    resolve_cache_dir,
 )
 from .profiles import CHOICES, FIDELITY_PRESETS, PROFILES
 
@@ -333,7 +334,7 @@ class Config:
 
     @property
     def cache_dir(self) -> Path:
-        return Path(self.model.cache_dir).expanduser().resolve() if self.model.cache_dir else default_cache_dir()
+        return resolve_cache_dir(self.model.cache_dir)
 
     @property
     def figures_dir(self) -> Path:

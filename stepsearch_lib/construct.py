@@ -22,7 +22,7 @@ import random
 import re
 import sys
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
 from .cli import add_config_args, config_from_args, door
@@ -112,6 +112,8 @@ def construct(
         raise ValueError(f"min_retrievers must be in 1..{len(retrievers)}, got {min_retrievers}")
     ids = {passage_key(p.title, p.text): p.id for p in corpus}
     counts: Counter = Counter(questions_in=len(records))
+
+    # 1. decompose: a question stays only when every hop has a gold paragraph the corpus holds (else: why not)
     decomposed: list[tuple[QuestionRecord, list[Hop], list[str]]] = []
     for rec in records:
         hops = decompose(rec)
@@ -129,7 +131,7 @@ def construct(
     counts["questions_decomposed"] = len(decomposed)
     counts["hops"] = sum(len(h) for _, h, _ in decomposed)
 
-    # write: (question index, hop index, writer, query)
+    # 2. write: every writer proposes queries for every hop's sub-question -> (question, hop, writer, query)
     flat = [(qi, hi) for qi, (_, hops, _) in enumerate(decomposed) for hi in range(len(hops))]
     candidates: list[tuple[int, int, str, str]] = []
     for writer in writers:
@@ -139,7 +141,7 @@ def construct(
                 candidates.append((qi, hi, writer.name, q))
             counts[f"queries_written/{writer.name}"] += len(queries[:max_queries_per_hop])
 
-    # filter: a query survives when enough retrievers put the hop's gold paragraph in their top-k
+    # 3. filter: a query survives when enough retrievers put the hop's gold paragraph in their top-k (keep(s, j))
     texts = [c[3] for c in candidates]
     hit_sets = {
         name: [{h.passage.id for h in row} for row in r.batch_search(texts, topk)] if texts else []
@@ -167,6 +169,7 @@ def construct(
             }
         )
 
+    # 4. keep: a question whose every hop kept a query becomes a StepSearch record (sub_searchs = the survivors)
     out = []
     for qi, (rec, hops, _) in enumerate(decomposed):
         kept_hops = [survivors.get((qi, hi), []) for hi in range(len(hops))]
@@ -213,14 +216,8 @@ def make_writers(cfg, names: Sequence[str] | None = None) -> list[QueryWriter]:
         if name == "rules":
             writers.append(RuleWriter())
         elif name == "local_llm":
-            model, tok = load_policy(
-                cfg.model.policy,
-                dtype=cfg.model.dtype,
-                cache_dir=cfg.cache_dir,
-                tiny_hidden_size=cfg.model.tiny_hidden_size,
-                tiny_layers=cfg.model.tiny_layers,
-                seed=cfg.seed,
-            )
+            # the base policy (no adapter, full precision) writes the queries
+            model, tok = load_policy(replace(cfg.model, load_in_4bit=False), seed=cfg.seed)
             writers.append(
                 LocalChatWriter(
                     model, tok, batch_size=cfg.rollout.batch_size * 2, max_items=cfg.data.construct_llm_max_hops

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .fileio import DataFormatError, atomic_path, iter_json_records, where
+from .fileio import DataFormatError, iter_json_records, where
 from .fileio import field as get
 
 FORMATS = ("musique", "hotpotqa", "2wiki", "flashrag")
@@ -371,60 +371,3 @@ def _iter_tsv(path: Path):
             if len(row) != 3:
                 raise DataFormatError(f"{where(path, lineno)}: expected 3 tab-separated fields, got {len(row)}")
             yield lineno, {"id": row[0], "text": row[1], "title": row[2]}
-
-
-# ----------------------------------------------------------------------------- HF datasets I/O
-
-
-def questions_to_dataset(records: list[QuestionRecord]):
-    import datasets
-
-    return datasets.Dataset.from_list([r.to_dict() for r in records], features=_question_features())
-
-
-def save_questions(records: list[QuestionRecord], out_dir: Path | str) -> Path:
-    """Save records as an HF dataset folder (atomically)."""
-    with atomic_path(out_dir, is_dir=True) as tmp:
-        questions_to_dataset(records).save_to_disk(str(tmp))
-    return Path(out_dir)
-
-
-def load_saved_questions(in_dir: Path | str) -> list[QuestionRecord]:
-    import datasets
-
-    return [QuestionRecord.from_dict(row) for row in datasets.load_from_disk(str(in_dir))]
-
-
-def save_corpus(passages: list[Passage], out_dir: Path | str) -> Path:
-    import datasets
-
-    with atomic_path(out_dir, is_dir=True) as tmp:
-        datasets.Dataset.from_list([asdict(p) for p in passages]).save_to_disk(str(tmp))
-    return Path(out_dir)
-
-
-def load_saved_corpus(in_dir: Path | str) -> list[Passage]:
-    import datasets
-
-    return [Passage(r["id"], r["title"], r["text"]) for r in datasets.load_from_disk(str(in_dir))]
-
-
-def _question_features():
-    import datasets
-
-    para = {"title": datasets.Value("string"), "text": datasets.Value("string")}
-    return datasets.Features(
-        {
-            "id": datasets.Value("string"),
-            "dataset": datasets.Value("string"),
-            "question": datasets.Value("string"),
-            "answers": datasets.List(datasets.Value("string")),
-            "gold_paragraphs": datasets.List(para),
-            "sub_questions": datasets.List(
-                {"question": datasets.Value("string"), "answer": datasets.Value("string"), "paragraph": para}
-            ),
-            "type": datasets.Value("string"),
-            "answerable": datasets.Value("bool"),
-            "source": datasets.Value("string"),
-        }
-    )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -205,15 +206,7 @@ def load_model_for_eval(name_or_checkpoint: str, cfg):
         model, tok = policy_from_config(run_cfg, adapter=init_adapter_path(run_cfg))
         load_policy_weights(step, model)
     else:
-        model, tok = load_policy(
-            name_or_checkpoint,
-            dtype=cfg.model.dtype,
-            cache_dir=cfg.cache_dir,
-            load_in_4bit=cfg.model.load_in_4bit,
-            tiny_hidden_size=cfg.model.tiny_hidden_size,
-            tiny_layers=cfg.model.tiny_layers,
-            seed=cfg.seed,
-        )
+        model, tok = load_policy(replace(cfg.model, policy=name_or_checkpoint), seed=cfg.seed)
     model.eval()
     return model, tok
 

@@ -27,7 +27,7 @@ import torch
 
 from .config import ModelConfig
 from .fileio import MissingInputError, atomic_path
-from .paths import default_cache_dir
+from .paths import default_cache_dir, resolve_cache_dir
 
 
 class _HarmlessKernelsNotice(logging.Filter):
@@ -196,28 +196,29 @@ def add_lora(model, spec: LoraSpec, adapter_name: str = "default"):
 
 
 def load_policy(
-    name_or_path: str = EMBEDDED_POLICY,
-    lora: LoraSpec | None = None,
-    load_in_4bit: bool = False,
-    dtype: str = "float32",
-    cache_dir: Path | None = None,
-    tiny_hidden_size: int = 64,
-    tiny_layers: int = 2,
+    settings: ModelConfig | None = None,
+    *,
+    lora: bool = False,
     seed: int = 0,
     adapter: Path | str | None = None,
     merge_adapter: bool = False,
 ):
-    """Load a policy and its tokenizer; optionally 4-bit NF4 and a LoRA adapter.
+    """Load the policy ``settings`` (the config's model section: name, 4-bit, dtype, LoRA, tiny sizes, cache folder)
+    names, and its tokenizer.
 
-    Returns ``(model, tokenizer)``. A 4-bit model always gets the CPU gradient guard. ``seed``
-    seeds the tiny model's weights and the LoRA initialisation. ``adapter`` (a saved peft folder,
-    e.g. the SFT warm start) is loaded trainable instead of initialising a fresh ``lora``; with
-    ``merge_adapter`` it is merged into the base weights and a fresh ``lora`` goes on top, so
-    "adapter disabled" (the reference policy) means the warm-started model. With 4-bit nothing is
-    merged: merging into NF4 weights re-quantises them, and a warm start smaller than the NF4 step
-    (the usual case) is erased. The warm start then stays a frozen adapter (``warm``) under the fresh
-    ``lora`` (``default``), both active; `reference_policy` keeps only ``warm`` on.
+    Returns ``(model, tokenizer)``. A 4-bit model always gets the CPU gradient guard. ``lora``: put a fresh LoRA
+    adapter (``settings.lora_*``) on top. ``seed`` seeds the tiny model's weights and the LoRA initialisation.
+    ``adapter`` (a saved peft folder, e.g. the SFT warm start) is loaded trainable instead of initialising a fresh
+    adapter; with ``merge_adapter`` it is merged into the base weights and a fresh one goes on top, so "adapter
+    disabled" (the reference policy) means the warm-started model. With 4-bit nothing is merged: merging into NF4
+    weights re-quantises them, and a warm start smaller than the NF4 step (the usual case) is erased. The warm start
+    then stays a frozen adapter (``warm``) under the fresh one (``default``), both active; `reference_policy` keeps
+    only ``warm`` on.
     """
+    settings = settings or ModelConfig()
+    name_or_path, load_in_4bit, dtype = settings.policy, settings.load_in_4bit, settings.dtype
+    cache_dir = resolve_cache_dir(settings.cache_dir)
+    spec = LoraSpec.from_config(settings) if lora else None
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     torch_dtype = _DTYPES[dtype]
@@ -225,7 +226,7 @@ def load_policy(
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
         raise MissingInputError(f"{adapter}: no saved LoRA adapter (adapter_config.json) there")
     if name_or_path == TINY_POLICY:
-        model = build_tiny_model(tok, hidden_size=tiny_hidden_size, layers=tiny_layers, seed=seed)
+        model = build_tiny_model(tok, hidden_size=settings.tiny_hidden_size, layers=settings.tiny_layers, seed=seed)
         if load_in_4bit:
             model = _quantise(model, torch_dtype)
     else:
@@ -243,16 +244,16 @@ def load_policy(
             model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False).merge_and_unload()
         else:
             model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
-    if lora is not None and (adapter is None or merge_adapter):
+    if spec is not None and (adapter is None or merge_adapter):
         with torch.random.fork_rng(devices=[]):  # seeded adapter init, caller's RNG untouched
             torch.manual_seed(seed)
             if warm:
-                model.add_adapter("default", lora_config(lora))
+                model.add_adapter("default", lora_config(spec))
                 model.base_model.set_adapter([WARM_ADAPTER, "default"])  # both active: warm start + RL change
                 for n, p in model.named_parameters():
                     p.requires_grad_(".default." in n)
             else:
-                model = add_lora(model, lora)
+                model = add_lora(model, spec)
     return model, tok
 
 
@@ -357,17 +358,11 @@ def keep_requires_grad(model):
 
 
 def policy_from_config(cfg, seed: int | None = None, adapter: Path | str | None = None):
-    """`load_policy` driven by a `Config` (model section + seed; ``seed`` overrides the config's;
-    ``adapter`` loads a saved LoRA adapter instead of a fresh one)."""
-    m = cfg.model
+    """`load_policy` of a `Config`: its model section with a fresh LoRA adapter, the config's seed unless ``seed``
+    is given; ``adapter`` loads a saved LoRA adapter (merged when ``train.init_adapter_mode`` is ``merge``)."""
     return load_policy(
-        m.policy,
-        lora=LoraSpec.from_config(m),
-        load_in_4bit=m.load_in_4bit,
-        dtype=m.dtype,
-        cache_dir=cfg.cache_dir,
-        tiny_hidden_size=m.tiny_hidden_size,
-        tiny_layers=m.tiny_layers,
+        cfg.model,
+        lora=True,
         seed=cfg.seed if seed is None else seed,
         adapter=adapter,
         merge_adapter=adapter is not None and cfg.train.init_adapter_mode == "merge",

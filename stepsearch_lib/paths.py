@@ -37,6 +37,11 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser().resolve() if env else Path.home() / ".cache" / "stepsearch"
 
 
+def resolve_cache_dir(setting: str | Path = "") -> Path:
+    """The cache folder a ``model.cache_dir`` setting names; empty = `default_cache_dir`."""
+    return Path(setting).expanduser().resolve() if str(setting) else default_cache_dir()
+
+
 RUN_LAYOUT = {
     "data": "data",
     "index": "index",

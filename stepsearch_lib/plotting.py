@@ -265,6 +265,28 @@ def read_paper_results(path: Path | str) -> list[dict]:
     return rows
 
 
+def paper_table(rows: list[dict], table: str, model: str | None = None) -> list[dict]:
+    """One of the paper's tables (``table``: main, rl_comparison, ablation_*; ``model`` or all) in a page-wide shape:
+    a row per (model, method, metric), a column per dataset -- the csv's eight score columns side by side do not fit.
+
+    >>> paper_table([{"table": "main", "model": "m", "method": "rag", "hotpotqa_em": 0.2, "hotpotqa_f1": 0.3}], "main")
+    [{'table': 'main', 'model': 'm', 'method': 'rag', 'metric': 'EM', 'hotpotqa': 0.2}, \
+{'table': 'main', 'model': 'm', 'method': 'rag', 'metric': 'F1', 'hotpotqa': 0.3}]
+    """
+    out = []
+    for r in rows:
+        if r["table"] != table and not (table.endswith("*") and r["table"].startswith(table[:-1])):
+            continue
+        if model is not None and r["model"] != model:
+            continue
+        for metric in ("em", "f1"):
+            scores = {k.removesuffix(f"_{metric}"): v for k, v in r.items() if k.endswith(f"_{metric}")}
+            out.append(
+                {"table": r["table"], "model": r["model"], "method": r["method"], "metric": metric.upper(), **scores}
+            )
+    return out
+
+
 STUDY_CURVE_KEYS = (
     ("reward/token_sum", "training reward (sum per episode)"),
     ("reward/search_key", "search-key score"),

@@ -245,3 +245,34 @@ def extract_answer(response: str) -> str | None:
 def extract_queries(response: str) -> list[str]:
     """Every non-empty ``<search>`` query of a response, in order."""
     return [q.strip() for q in re.findall(r"<search>(.*?)</search>", response, re.S) if q.strip()]
+
+
+def page_of(episode: str, max_lines: int = 40, max_line_chars: int = 300) -> str:
+    """An episode's text cut to what fits a page for display: blank runs become one blank line, a line repeated in
+    a row (a warning the model earned every turn) is shown once with its count, long lines (an information block)
+    and the whole are cut, each cut saying what it left out. The text itself is what the model saw; only the view
+    is shortened.
+
+    >>> print(page_of("<search> a </search>\\n\\n\\n\\n" + "<warning> no </warning>\\n" * 3 + "x" * 30, 9, 24))
+    <search> a </search>
+    <BLANKLINE>
+    <warning> no </warning>   [x3]
+    xxxxxxxxxxxxxxxxxxxxxxxx... [6 more characters]
+    """
+    lines: list[str] = []
+    repeats: list[int] = []
+    for line in episode.splitlines():
+        line = line.rstrip()
+        if lines and line == lines[-1] and (line or repeats[-1]):
+            repeats[-1] += 1  # a blank run or a repeated line
+            continue
+        lines.append(line)
+        repeats.append(1)
+    shown = []
+    for line, n in zip(lines, repeats):
+        if len(line) > max_line_chars:
+            line = f"{line[:max_line_chars]}... [{len(line) - max_line_chars} more characters]"
+        shown.append(f"{line}   [x{n}]" if n > 1 and line else line)
+    if len(shown) > max_lines:
+        shown = shown[:max_lines] + [f"... [{len(shown) - max_lines} more lines]"]
+    return "\n".join(shown)

@@ -18,7 +18,7 @@ import re
 import time
 from pathlib import Path
 
-from .cli import add_config_args
+from .cli import UsageError, add_config_args, door
 from .config import PROJECT_ROOT, get_config
 from .fileio import atomic_path
 from .overrides import parse_cli_overrides
@@ -57,9 +57,14 @@ def kernel_metadata() -> dict:
     }
 
 
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
 def strip_for_commit(nb: dict) -> dict:
     """An executed notebook without run-specific noise: no papermill / execution metadata, no
-    injected-parameters cell, no stderr streams (progress bars); outputs otherwise kept."""
+    injected-parameters cell, no progress bars (stderr streams, and the widget views tqdm shows when ipywidgets is
+    installed: their state is not saved, so JupyterLab would show "Error displaying widget" for each); outputs
+    otherwise kept."""
     nb = json.loads(json.dumps(nb))
     nb["metadata"] = kernel_metadata()  # what the kernel writes on open: committed notebooks stay clean
     cells = []
@@ -73,6 +78,7 @@ def strip_for_commit(nb: dict) -> dict:
                 o
                 for o in cell.get("outputs", [])
                 if not (o.get("output_type") == "stream" and o.get("name") == "stderr")
+                and WIDGET_VIEW not in o.get("data", {})
             ]
         cells.append(cell)
     nb["cells"] = cells
@@ -141,28 +147,7 @@ def compare_runs(a: Path | str, b: Path | str, skip: tuple[str, ...] = ("noteboo
     return out
 
 
-TIMED = re.compile(r"(seconds|_s\b|\bs\b|rss|_mb\b|\bMB\b|wall|elapsed|time/|it/s|q/s|QPS|min\b)")
-"""Displayed outputs that mention timings or memory are not compared between runs."""
-
-
-def notebook_outputs(path: Path | str, root: Path | str | None = None) -> list[str]:
-    """The text a notebook displays (stdout, results; images as their presence), with the artifact
-    ``root`` written as ``<root>``; an output that shows timings or memory readings is kept as the
-    marker ``<timed>``."""
-    nb = json.loads(Path(path).read_text(encoding="utf-8"))
-    out = []
-    for cell in nb["cells"]:
-        for o in cell.get("outputs", []):
-            if o.get("output_type") == "stream" and o.get("name") == "stdout":
-                out.append("".join(o["text"]))
-            if "text/plain" in o.get("data", {}):
-                out.append("".join(o["data"]["text/plain"]))
-            if "image/png" in o.get("data", {}):
-                out.append("<image/png>")
-    out = [x.replace(str(root), "<root>") for x in out] if root else out
-    return ["<timed>" if TIMED.search(x) else x for x in out]
-
-
+@door
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description="Run the numbered notebooks in order (papermill).",
@@ -172,11 +157,25 @@ def main(argv: list[str] | None = None) -> int:
     add_config_args(ap)
     ap.add_argument("--only", nargs="*", help="notebook name prefixes to run (default: all)")
     ap.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("RUN_A", "RUN_B"),
+        help="compare two run folders (e.g. runs/smoke and another artifact root's smoke) instead of running: "
+        "the same files with the same content up to timings, memory and location; exit 1 when they differ",
+    )
+    ap.add_argument(
         "--write-back",
         action="store_true",
         help="store the executed notebooks (stripped) back into notebooks/ (smoke profile only)",
     )
     args = ap.parse_args(argv)
+    if args.compare:
+        for path in args.compare:
+            if not Path(path).is_dir():
+                raise UsageError(f"--compare: {path} is not a run folder")
+        differences = compare_runs(*args.compare)
+        print("\n".join(differences) or f"{args.compare[1]} reproduces {args.compare[0]}")
+        return 1 if differences else 0
     if args.write_back and args.profile != "smoke":
         ap.error("--write-back is for the smoke profile (the committed notebooks carry smoke outputs)")
     overrides = parse_cli_overrides(args.set)

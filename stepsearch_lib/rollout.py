@@ -29,6 +29,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .config import RolloutConfig
 from .decoding import BatchDecoder, Sampling, turn_ended
 from .models import compute_autocast, resolved_compute_dtype
 from .protocol import (
@@ -205,57 +206,42 @@ def rollout(
     tokenizer,
     questions: Sequence[str],
     retriever: Retriever,
+    settings: RolloutConfig | None = None,
     *,
     topk: int = 3,
-    max_turns: int = 5,
-    max_new_tokens: int = 256,
-    max_length: int = 4096,
-    batch_size: int = 8,
     greedy: bool = False,
-    temperature: float = 1.0,
-    top_p: float = 0.95,
-    template: str = "plan",
-    doc_words: int = 0,
     seed: int = 0,
-    generation_dtype: str = "",
-    turn_logic: str = "released",
-    doc_render: str = "released",
-    max_obs_tokens: int = 800,
-    engine: str = "kv",
     compute_dtype: str = "float32",
 ) -> list[Trajectory]:
-    """Roll out one episode per question; batches of ``batch_size`` generate together.
+    """Roll out one episode per question under ``settings`` (the config's rollout section; defaults when None),
+    ``topk`` documents per search; batches of ``settings.batch_size`` generate together.
 
-    ``generation_dtype`` (e.g. ``bfloat16``): sample from a merged copy of the policy in that dtype
-    ("" = the policy itself). ``compute_dtype``: ``bfloat16`` runs the policy under autocast (as the update
-    does). ``turn_logic``, ``doc_render``, ``max_obs_tokens``, ``engine``: see the module docstring."""
+    ``greedy``: argmax decoding (evaluation) instead of ``settings.temperature`` / ``top_p`` sampling. ``seed``
+    seeds the sampler (the caller's RNG is left alone). ``compute_dtype``: ``bfloat16`` runs the policy under
+    autocast (as the update does). ``settings.generation_dtype`` (e.g. ``bfloat16``): sample from a merged copy of
+    the policy in that dtype. ``turn_logic``, ``doc_render``, ``max_obs_tokens``, ``engine``: see the module
+    docstring."""
+    settings = settings or RolloutConfig()
+    engine = settings.engine
     if engine not in ENGINES:
         raise ValueError(f"rollout engine must be one of {ENGINES}, got {engine!r}")
     was_training = model.training
     model.eval()
-    policy, model = model, (generation_copy(model, generation_dtype) if generation_dtype else model)
-    spec = Sampling(greedy, temperature, top_p, max_new_tokens)
-    opts = dict(
-        topk=topk,
-        max_turns=max_turns,
-        max_length=max_length,
-        doc_words=doc_words,
-        turn_logic=turn_logic,
-        doc_render=doc_render,
-        max_obs_tokens=max_obs_tokens,
-        engine=engine,
-    )
+    gen_dtype = settings.generation_dtype
+    policy, model = model, (generation_copy(model, gen_dtype) if gen_dtype else model)
+    spec = Sampling(greedy, settings.temperature, settings.top_p, settings.max_new_tokens)
     trajectories: list[Trajectory] = []
+    batch_size = settings.batch_size
     bar = tqdm(total=len(questions), desc="rollout", unit="question", leave=False, disable=len(questions) <= batch_size)
     with torch.random.fork_rng(devices=[]), compute_autocast(compute_dtype, model.device):
         torch.manual_seed(seed)  # the hf engine samples from the global generator (forked here)
         generator = torch.Generator().manual_seed(seed)
         for start in range(0, len(questions), batch_size):
             batch = [
-                Trajectory(q, _encode(tokenizer, build_prompt(q, template, tokenizer)))
+                Trajectory(q, _encode(tokenizer, build_prompt(q, settings.template, tokenizer)))
                 for q in questions[start : start + batch_size]
             ]
-            _run_batch(model, tokenizer, batch, retriever, spec, generator, **opts)
+            _run_batch(model, tokenizer, batch, retriever, spec, generator, settings, topk)
             trajectories += batch
             bar.update(len(batch))
     bar.close()
@@ -273,23 +259,10 @@ def _observe(tokenizer, text: str, max_obs_tokens: int) -> tuple[list[int], str]
 
 
 def _run_batch(
-    model,
-    tokenizer,
-    batch: list[Trajectory],
-    retriever,
-    spec: Sampling,
-    generator,
-    *,
-    topk,
-    max_turns,
-    max_length,
-    doc_words,
-    turn_logic,
-    doc_render,
-    max_obs_tokens,
-    engine,
+    model, tokenizer, batch: list[Trajectory], retriever, spec: Sampling, generator, settings: RolloutConfig, topk: int
 ) -> None:
     """Play one batch of episodes to the end: turns sampled together, observations appended per row."""
+    engine, max_turns, max_obs_tokens = settings.engine, settings.max_turns, settings.max_obs_tokens
     decoder = (
         None
         if engine == "hf"
@@ -320,7 +293,7 @@ def _run_batch(
             traj, ids = batch[i], sampled[i]
             text, _ = cut_at_stop(tokenizer.decode(ids))
             traj._append(ids, trainable=True, logprobs=logps[i])
-            turn = plan_turn(text, round_idx, traj.num_searches, max_turns, turn_logic)
+            turn = plan_turn(text, round_idx, traj.num_searches, max_turns, settings.turn_logic)
             if turn.key_query is not None:
                 traj.queries.append(turn.key_query)
             if turn.kind == "answer":
@@ -337,15 +310,17 @@ def _run_batch(
         if searching:
             results = retriever.batch_search([turn.search for _, turn in searching], topk)
             for (i, turn), hits in zip(searching, results):
-                docs = [(h.passage.title, cut_words(h.passage.text, doc_words)) for h in hits]
-                ids, seen = _observe(tokenizer, information_block(docs, doc_render) + turn.warning, max_obs_tokens)
-                batch[i].step_docs.append(split_docs(seen, doc_render))
+                docs = [(h.passage.title, cut_words(h.passage.text, settings.doc_words)) for h in hits]
+                ids, seen = _observe(
+                    tokenizer, information_block(docs, settings.doc_render) + turn.warning, max_obs_tokens
+                )
+                batch[i].step_docs.append(split_docs(seen, settings.doc_render))
                 batch[i].step_doc_ids.append([h.passage.id for h in hits])
                 forced[i] = ids
         for i, ids in forced.items():
             batch[i]._append(ids, trainable=False)
         for i in active:  # the length cap ends an episode
-            if len(batch[i].prompt_ids) + len(batch[i].response_ids) >= max_length:
+            if len(batch[i].prompt_ids) + len(batch[i].response_ids) >= settings.max_prompt_tokens:
                 batch[i].done = True
         # 4. the observations join the cache of the rows that go on
         if decoder is not None:
@@ -357,28 +332,15 @@ def _run_batch(
 def rollout_from_config(
     model, tokenizer, questions: Sequence[str], retriever: Retriever, cfg, greedy: bool = False, seed: int | None = None
 ) -> list[Trajectory]:
-    """`rollout` driven by a `Config` (rollout + retrieval sections)."""
-    r = cfg.rollout
+    """`rollout` driven by a `Config`: its rollout section, ``retrieval.topk``, ``model.compute_dtype``, seed."""
     return rollout(
         model,
         tokenizer,
         questions,
         retriever,
+        cfg.rollout,
         topk=cfg.retrieval.topk,
-        max_turns=r.max_turns,
-        max_new_tokens=r.max_new_tokens,
-        max_length=r.max_prompt_tokens,
-        batch_size=r.batch_size,
         greedy=greedy,
-        temperature=r.temperature,
-        top_p=r.top_p,
-        template=r.template,
-        doc_words=r.doc_words,
         seed=cfg.seed if seed is None else seed,
-        generation_dtype=r.generation_dtype,
-        turn_logic=r.turn_logic,
-        doc_render=r.doc_render,
-        max_obs_tokens=r.max_obs_tokens,
-        engine=r.engine,
         compute_dtype=resolved_compute_dtype(cfg.model),
     )

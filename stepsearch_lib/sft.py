@@ -81,13 +81,6 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def load_adapter(base_model, adapter_dir: Path | str, trainable: bool = True):
-    """The base model with a saved LoRA adapter attached (trainable for RL, or frozen)."""
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(base_model, str(adapter_dir), is_trainable=trainable)
-
-
 def protocol_rates(trajectories, scored=None) -> dict:
     """Share of rollouts that pass the format gate and that issue at least one search. With the
     rollouts' reward records (``scored``) the gate is the reward's own (`TrajectoryRewards.format_ok`);

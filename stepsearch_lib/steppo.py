@@ -110,12 +110,6 @@ def value_loss(
     return 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
 
 
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """H = -sum_a p(a) log p(a) per position."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)
-
-
 # ----------------------------------------------------------------------------- the update
 
 

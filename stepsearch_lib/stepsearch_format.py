@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from .data import Paragraph, QuestionRecord, SubQuestion, split_contents
+from .data import split_contents
 from .fileio import DataFormatError, MissingInputError, atomic_path, iter_json_records, where, write_jsonl
 
 FIELDS = ("id", "question", "final_answer", "answer_aliases", "sub_searchs", "sub_support_docs")
@@ -123,18 +123,3 @@ def _question_from_prompt(prompt: Any, at: str) -> str:
     if not m:
         raise DataFormatError(f"{at}: no 'question' field and no 'Question:' line in the prompt")
     return m[-1].strip()
-
-
-def to_question_record(rec: dict, dataset: str = "musique") -> QuestionRecord:
-    """A StepSearch record as a normalised `QuestionRecord` (one sub-question per gold doc; the
-    first gold query stands in for the sub-question text)."""
-    paras = [Paragraph(d["title"], d["paragraph_text"]) for d in rec["sub_support_docs"]]
-    subs = [SubQuestion(q[0] if q else "", "", p) for q, p in zip(rec["sub_searchs"], paras)]
-    return QuestionRecord(
-        id=str(rec["id"]),
-        dataset=dataset,
-        question=rec["question"],
-        answers=[rec["final_answer"], *rec.get("answer_aliases", [])],
-        gold_paragraphs=paras,
-        sub_questions=subs,
-    )

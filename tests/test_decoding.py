@@ -2,12 +2,13 @@
 and the sampler is the policy PPO scores."""
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
 
 from stepsearch_lib.batching import build_batch
-from stepsearch_lib.config import PPOConfig, RewardConfig
+from stepsearch_lib.config import ModelConfig, PPOConfig, RewardConfig, RolloutConfig
 from stepsearch_lib.decoding import Sampling, sample
 from stepsearch_lib.models import token_logprobs
 from stepsearch_lib.retrieval import load_retriever
@@ -35,9 +36,9 @@ def test_kv_reuse_is_exact(protocol_model, tokenizer, stepsearch_records, bm25, 
     """Greedy episodes are token for token the same with one cache across turns, with every turn re-prefilled,
     and with transformers' generate per turn."""
     questions = [r["question"] for r in stepsearch_records[:4]]
-    kwargs = dict(max_turns=3, max_new_tokens=48, batch_size=batch_size, greedy=True, doc_words=20)
+    settings = RolloutConfig(max_turns=3, max_new_tokens=48, batch_size=batch_size, doc_words=20)
     runs = {
-        engine: rollout(protocol_model, tokenizer, questions, bm25, engine=engine, **kwargs)
+        engine: rollout(protocol_model, tokenizer, questions, bm25, replace(settings, engine=engine), greedy=True)
         for engine in ("kv", "reprefill", "hf")
     }
     for engine in ("reprefill", "hf"):
@@ -53,11 +54,8 @@ def test_token_in_token_out(protocol_model, tokenizer, stepsearch_records, bm25)
         tokenizer,
         [r["question"] for r in stepsearch_records[:4]],
         bm25,
-        max_turns=2,
-        max_new_tokens=48,
-        batch_size=4,
+        RolloutConfig(max_turns=2, max_new_tokens=48, batch_size=4, doc_words=20),
         seed=3,
-        doc_words=20,
     )
     for t in trajs:
         assert len(t.sampled_logprobs) == len(t.response_ids) == len(t.loss_mask)
@@ -87,11 +85,8 @@ def test_the_sampler_is_the_policy_ppo_scores(protocol_model, tokenizer, stepsea
         tokenizer,
         [r["question"] for r in records],
         bm25,
-        max_turns=2,
-        max_new_tokens=48,
-        batch_size=4,
+        RolloutConfig(max_turns=2, max_new_tokens=48, batch_size=4, doc_words=20),
         seed=5,
-        doc_words=20,
     )
     scored = [
         score_trajectory(t.response_text(tokenizer), t.queries, t.step_docs, reward_cfg=RewardConfig(), **gold_of(r))
@@ -116,11 +111,11 @@ def test_kv_reuse_is_exact_on_the_real_model(model_cache, tokenizer, musique_dev
     """SmolLM2-135M-Instruct, zero-shot (it writes long turns), greedy: the same tokens either way."""
     from stepsearch_lib.models import load_policy
 
-    model, tok = load_policy("smollm2-135m-instruct", cache_dir=model_cache)
+    model, tok = load_policy(ModelConfig(cache_dir=str(model_cache)))
     questions = [r.question for r in musique_dev[:16]][: max(batch_size, 2)]
-    kwargs = dict(max_turns=2, max_new_tokens=64, batch_size=batch_size, greedy=True, doc_words=30)
-    kv = rollout(model, tok, questions, bm25, engine="kv", **kwargs)
-    again = rollout(model, tok, questions, bm25, engine="reprefill", **kwargs)
+    settings = RolloutConfig(max_turns=2, max_new_tokens=64, batch_size=batch_size, doc_words=30)
+    kv = rollout(model, tok, questions, bm25, replace(settings, engine="kv"), greedy=True)
+    again = rollout(model, tok, questions, bm25, replace(settings, engine="reprefill"), greedy=True)
     assert [t.response_ids for t in kv] == [t.response_ids for t in again]
 
 

@@ -2,10 +2,12 @@
 learning-rate warm-up. Expected values are written by hand from the released code (Zillwang/StepSearch @ 43215ba:
 search_r1/llm_agent/generation.py, verl/trainer/ppo/core_algos.py, verl/utils/torch_functional.py)."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
-from stepsearch_lib.config import PPOConfig, get_config
+from stepsearch_lib.config import PPOConfig, RolloutConfig, get_config
 from stepsearch_lib.profiles import FIDELITY_PRESETS
 from stepsearch_lib.protocol import (
     INVALID_ACTION_WARNING as INVALID,
@@ -177,8 +179,8 @@ def test_released_rollouts_always_get_an_answering_round(protocol_model, tokeniz
     from stepsearch_lib.rollout import rollout
 
     questions, bm25 = [r["question"] for r in stepsearch_records[:8]], load_retriever(index_dirs / "bm25")
-    kwargs = dict(max_new_tokens=64, batch_size=4, greedy=True, doc_words=20)
-    short = rollout(protocol_model, tokenizer, questions, bm25, max_turns=1, **kwargs)
+    settings = RolloutConfig(max_new_tokens=64, batch_size=4, doc_words=20)
+    short = rollout(protocol_model, tokenizer, questions, bm25, replace(settings, max_turns=1), greedy=True)
     for t in short:
         text = t.response_text(tokenizer)
         assert t.num_searches <= 1 and text.count("<information>") == t.num_searches == len(t.step_docs)
@@ -186,7 +188,7 @@ def test_released_rollouts_always_get_an_answering_round(protocol_model, tokeniz
         if t.num_searches == 1:
             assert "I cannot search any more" in text  # round max_turns is warned
     assert any(len(t.queries) == 2 and t.num_searches == 1 for t in short)  # the final-round search
-    long = rollout(protocol_model, tokenizer, questions, bm25, max_turns=3, **kwargs)
+    long = rollout(protocol_model, tokenizer, questions, bm25, replace(settings, max_turns=3), greedy=True)
     assert sum(t.answer is not None for t in long) >= 6
     assert all(t.num_searches <= 3 for t in long)
 
@@ -197,8 +199,8 @@ def test_the_observation_cap_cuts_every_forced_run(protocol_model, tokenizer, st
 
     questions = [r["question"] for r in stepsearch_records[:4]]
     bm25 = load_retriever(index_dirs / "bm25")
-    kwargs = dict(max_turns=2, max_new_tokens=64, batch_size=4, greedy=True, doc_words=40)
-    capped = rollout(protocol_model, tokenizer, questions, bm25, max_obs_tokens=24, **kwargs)
+    settings = RolloutConfig(max_turns=2, max_new_tokens=64, batch_size=4, doc_words=40, max_obs_tokens=24)
+    capped = rollout(protocol_model, tokenizer, questions, bm25, settings, greedy=True)
     assert any(t.num_searches for t in capped)
     for t in capped:
         # every maximal run of forced tokens is one observation, at most 24 tokens

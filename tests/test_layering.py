@@ -20,7 +20,7 @@ FLOORS = [
     ("retrieval", ["retrieval", "index", "recall", "server"]),
     ("construct", ["query_writers", "construct"]),
     ("protocol and rollout", ["protocol", "decoding", "rollout", "demonstrations"]),
-    ("rewards (pure)", ["rewards", "scripted", "batching"]),
+    ("rewards (pure)", ["tfidf", "rewards", "scripted", "batching"]),
     ("training", ["checkpoint", "steppo", "sft", "train"]),
     ("evaluation", ["evaluate", "heldout", "eval_suite"]),
     ("files in, figures out", ["plotting", "reproduce"]),
@@ -31,7 +31,8 @@ ORDER = [m for _, mods in FLOORS for m in mods]
 RANK = {m: i for i, m in enumerate(ORDER)}
 ONLY = {
     "plotting": {"fileio"},  # files in, figures out
-    "rewards": {"protocol"},  # pure functions of text and numbers
+    "tfidf": set(),  # numpy (and scikit-learn for the reference) only
+    "rewards": {"protocol", "tfidf"},  # pure functions of text and numbers
 }
 NEVER = {"evaluate": {"train", "critic", "steppo"}, "eval_suite": {"train", "critic", "steppo"}}
 
@@ -76,8 +77,9 @@ def test_imports_go_down_the_floors_and_sit_at_the_top(module):
         assert target not in NEVER.get(module, set()), f"{where}: evaluation loads a policy, not a trainer"
 
 
-def test_the_rewards_are_pure():
-    tree = ast.parse((PACKAGE / "rewards.py").read_text())
+@pytest.mark.parametrize("module", ["tfidf", "rewards"])
+def test_the_rewards_are_pure(module):
+    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
     third_party = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     third_party |= {
         n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and not n.level
@@ -91,3 +93,14 @@ def test_the_checker_sees_a_deferred_import(tmp_path):
         "import os\nfrom .fileio import write_json\n\ndef f():\n    from stepsearch_lib.train import train\n"
     )
     assert package_imports(bad) == [("fileio", True, 2), ("train", False, 5)]
+
+
+def test_the_readme_file_map_lists_every_module_in_floor_order():
+    readme = (PACKAGE.parent / "README.md").read_text()
+    listed = [
+        line.split("`")[1].removeprefix("stepsearch_lib/").removesuffix(".py")
+        for line in readme.splitlines()
+        if line.startswith("| `stepsearch_lib/")
+    ]
+    assert sorted(listed) == MODULES, set(listed) ^ set(MODULES)
+    assert listed == sorted(listed, key=RANK.__getitem__), "README's Files table is not in tests/test_layering.py order"

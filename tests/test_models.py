@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from stepsearch_lib.config import get_config
+from stepsearch_lib.config import ModelConfig, get_config
 from stepsearch_lib.encoder import encoder_path, load_encoder
 from stepsearch_lib.models import build_tiny_model, load_policy, policy_from_config, smollm2_gguf_path
 
@@ -14,7 +14,7 @@ def test_gguf_ships_in_the_wheel():
 
 
 def test_embedded_policy_converts_once_and_answers(model_cache):
-    model, tok = load_policy("smollm2-135m-instruct", cache_dir=model_cache)
+    model, tok = load_policy(ModelConfig(cache_dir=str(model_cache)))
     assert (model_cache / "models" / "smollm2-135m-instruct" / "model.safetensors").is_file()
     assert getattr(model, "hf_quantizer", None) is None and not hasattr(model.config, "quantization_config")
     msgs = [{"role": "user", "content": "What is the capital of France?"}]
@@ -65,5 +65,5 @@ def test_hub_ids_fail_with_a_clear_offline_message(monkeypatch):
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import time: patch the flag
     with pytest.raises(OSError, match="huggingface-cli download no-such-org/no-such-model"):
-        load_policy("no-such-org/no-such-model")
+        load_policy(ModelConfig(policy="no-such-org/no-such-model"))
     assert encoder_path("intfloat/e5-base-v2") == "intfloat/e5-base-v2"

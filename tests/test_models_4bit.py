@@ -4,9 +4,15 @@ import bitsandbytes as bnb
 import pytest
 import torch
 
+from stepsearch_lib.config import ModelConfig
 from stepsearch_lib.models import LoraSpec, add_lora, build_tiny_model, guard_4bit_cpu_gradients, load_policy
 
 SPEC = LoraSpec(r=4, alpha=8, dropout=0.0)
+
+
+def tiny_4bit(**fields) -> ModelConfig:
+    """The 4-bit tiny policy whose LoRA settings are `SPEC`."""
+    return ModelConfig(policy="tiny-random", load_in_4bit=True, lora_r=4, lora_alpha=8, lora_dropout=0.0, **fields)
 
 
 def _randomise_lora(model, seed=1):
@@ -48,7 +54,7 @@ def _rel_err(a, b):
 
 @pytest.fixture(scope="module")
 def setup(model_cache):
-    model4, tok = load_policy("tiny-random", lora=SPEC, load_in_4bit=True, cache_dir=model_cache)
+    model4, tok = load_policy(tiny_4bit(cache_dir=str(model_cache)), lora=True)
     _randomise_lora(model4)
     batch = tok(
         ["Who wrote Hamlet? <search> Hamlet author </search>", "Paris is the capital of"],
@@ -85,7 +91,7 @@ def test_lora_grads_match_dequantised_reference_after_generate(setup):
 )
 def test_without_guard_gradients_go_wrong(model_cache):
     """The reason for the guard: on AVX512-BF16 CPUs the unguarded path is measurably off."""
-    model4, tok = load_policy("tiny-random", lora=SPEC, load_in_4bit=True, cache_dir=model_cache)
+    model4, tok = load_policy(tiny_4bit(cache_dir=str(model_cache)), lora=True)
     _randomise_lora(model4)
     for m in model4.modules():
         if isinstance(m, bnb.nn.Linear4bit):
@@ -109,7 +115,7 @@ def test_a_warm_start_survives_the_4bit_path(tmp_path, tokenizer):
     from stepsearch_lib.models import WARM_ADAPTER, token_logprobs
     from stepsearch_lib.steppo import reference_logprobs
 
-    sft = add_lora(load_policy("tiny-random", seed=0, load_in_4bit=True)[0], LoraSpec(r=8, alpha=16, dropout=0.0))
+    sft = add_lora(load_policy(tiny_4bit(), seed=0)[0], LoraSpec(r=8, alpha=16, dropout=0.0))
     _randomise_lora(sft, seed=3)
     with torch.no_grad():  # a realistic warm start: a change well below the NF4 step of the weights
         for n, p in sft.named_parameters():
@@ -127,17 +133,10 @@ def test_a_warm_start_survives_the_4bit_path(tmp_path, tokenizer):
             return token_logprobs(model, ids, attn)[0][0, 1:]
 
     warm = logprobs(sft)  # the warm-started policy, as SFT trained it
-    base = logprobs(load_policy("tiny-random", seed=0, load_in_4bit=True)[0])
+    base = logprobs(load_policy(tiny_4bit(), seed=0)[0])
     assert (warm - base).abs().mean() > 1e-3  # the warm start changes the model
 
-    policy, _ = load_policy(
-        "tiny-random",
-        seed=0,
-        load_in_4bit=True,
-        adapter=tmp_path / "sft",
-        merge_adapter=True,
-        lora=LoraSpec(r=4, alpha=8, dropout=0.0),
-    )
+    policy, _ = load_policy(tiny_4bit(), lora=True, seed=0, adapter=tmp_path / "sft", merge_adapter=True)
     assert list(policy.base_model.active_adapters) == [WARM_ADAPTER, "default"]
     assert {n for n, p in policy.named_parameters() if p.requires_grad} == {
         n for n, _ in policy.named_parameters() if ".default." in n
@@ -164,6 +163,6 @@ def test_a_warm_start_survives_the_4bit_path(tmp_path, tokenizer):
     ValueModel(policy, adapter="critic")(ids, attn)  # a critic pass switches adapters and switches them back
     assert list(policy.base_model.active_adapters) == [WARM_ADAPTER, "default"]
 
-    merged = PeftModel.from_pretrained(load_policy("tiny-random", seed=0, load_in_4bit=True)[0], str(tmp_path / "sft"))
+    merged = PeftModel.from_pretrained(load_policy(tiny_4bit(), seed=0)[0], str(tmp_path / "sft"))
     lost = (logprobs(merged.merge_and_unload()) - warm).abs().mean()
     assert lost > 0.3 * (warm - base).abs().mean()  # merging into NF4 loses much of the warm start

@@ -3,13 +3,36 @@
 import ast
 import json
 import re
+from pathlib import Path
 
 import pytest
 from reliability_stats import record
 
-from stepsearch_lib.reproduce import compare_runs, kernel_metadata, notebook_outputs, notebook_paths, run_notebook
+from stepsearch_lib.reproduce import compare_runs, kernel_metadata, notebook_paths, run_notebook
 
 NOTEBOOKS = notebook_paths()
+
+
+TIMED = re.compile(r"(seconds|_s\b|\bs\b|rss|_mb\b|\bMB\b|wall|elapsed|time/|it/s|q/s|QPS|min\b)")
+"""Displayed outputs that mention timings or memory are not compared between runs."""
+
+
+def notebook_outputs(path: Path | str, root: Path | str | None = None) -> list[str]:
+    """The text a notebook displays (stdout, results; images as their presence), with the artifact
+    ``root`` written as ``<root>``; an output that shows timings or memory readings is kept as the
+    marker ``<timed>``."""
+    nb = json.loads(Path(path).read_text(encoding="utf-8"))
+    out = []
+    for cell in nb["cells"]:
+        for o in cell.get("outputs", []):
+            if o.get("output_type") == "stream" and o.get("name") == "stdout":
+                out.append("".join(o["text"]))
+            if "text/plain" in o.get("data", {}):
+                out.append("".join(o["data"]["text/plain"]))
+            if "image/png" in o.get("data", {}):
+                out.append("<image/png>")
+    out = [x.replace(str(root), "<root>") for x in out] if root else out
+    return ["<timed>" if TIMED.search(x) else x for x in out]
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])

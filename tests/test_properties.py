@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reliability_stats import record
 
-from stepsearch_lib.config import RewardConfig
+from stepsearch_lib.config import RewardConfig, RolloutConfig
 from stepsearch_lib.protocol import (
     INVALID_ACTION_WARNING,
     LAST_SEARCH_WARNING,
@@ -35,9 +35,8 @@ from stepsearch_lib.rewards import (
     redundancy_penalty,
     score_trajectory,
     search_key_reward,
-    tfidf_pair_cosine_matrix,
-    tfidf_pair_cosine_reference,
 )
+from stepsearch_lib.tfidf import tfidf_pair_cosine_matrix, tfidf_pair_cosine_reference
 
 TAGS = ["<search>", "</search>", "<answer>", "</answer>", "<think>", "</think>", "<information>", "</information>"]
 # model-like text: tags, unicode, whitespace, long runs
@@ -200,12 +199,8 @@ def test_rollout_post_processing_never_makes_forced_tokens_trainable(turns, toke
         tokenizer,
         [f"question {i}" for i in range(len(turns))],
         bm25,
+        RolloutConfig(max_turns=3, max_new_tokens=16, batch_size=len(turns), doc_words=8, engine="hf"),
         topk=2,
-        max_turns=3,
-        max_new_tokens=16,
-        batch_size=len(turns),
-        doc_words=8,
-        engine="hf",
     )
     record("rollout: post-processed episodes", len(trajs))
     for t in trajs:

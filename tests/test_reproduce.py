@@ -22,6 +22,10 @@ def test_strip_removes_run_noise_but_keeps_outputs():
                 "source": "x",
                 "outputs": [
                     {"output_type": "stream", "name": "stderr", "text": "10%|#"},
+                    {
+                        "output_type": "display_data",
+                        "data": {"application/vnd.jupyter.widget-view+json": {"model_id": "ab"}, "text/plain": "0%|"},
+                    },
                     {"output_type": "stream", "name": "stdout", "text": "outputs ok"},
                 ],
             },
@@ -41,6 +45,8 @@ def test_committed_notebooks_are_stripped_and_default_to_cpu():
         assert "papermill" not in nb["metadata"], path
         assert not any("injected-parameters" in c["metadata"].get("tags", []) for c in nb["cells"]), path
         assert not any("execution" in c["metadata"] for c in nb["cells"]), path
+        shown = [o for c in nb["cells"] for o in c.get("outputs", [])]
+        assert not any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in shown), path
         params = "".join(nb["cells"][1]["source"])
         assert 'os.environ.get("STEPSEARCH_PROFILE", "cpu")' in params, path
 
@@ -67,3 +73,17 @@ def test_compare_runs_ignores_timings_and_location_but_not_results(tmp_path):
     assert compare_runs(a, write(tmp_path / "d", 0.5, 1.0, "fig.png")) == [
         f"only in {tmp_path / 'd' / 'smoke'}: fig.png"
     ]
+
+
+def test_the_compare_door_says_whether_two_runs_agree(tmp_path, capsys):
+    from stepsearch_lib.reproduce import main
+
+    for name, f1 in (("a", 0.5), ("b", 0.5), ("c", 0.6)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.csv").write_text(f"f1,train_s\n{f1},{len(name)}\n")
+    assert main(["--compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert "reproduces" in capsys.readouterr().out
+    assert main(["--compare", str(tmp_path / "a"), str(tmp_path / "c")]) == 1
+    assert capsys.readouterr().out.strip() == "differs: results.csv"
+    assert main(["--compare", str(tmp_path / "a"), str(tmp_path / "missing")]) == 2
+    assert "is not a run folder" in capsys.readouterr().err

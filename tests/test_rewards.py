@@ -20,6 +20,8 @@ from stepsearch_lib.rewards import (
     score_trajectory,
     search_key_reward,
     search_key_score,
+)
+from stepsearch_lib.tfidf import (
     tfidf_cosine_matrix,
     tfidf_cosine_reference,
     tfidf_pair_cosine_matrix,

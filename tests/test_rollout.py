@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from stepsearch_lib.config import RewardConfig
+from stepsearch_lib.config import RewardConfig, RolloutConfig
 from stepsearch_lib.retrieval import load_retriever
 from stepsearch_lib.rewards import place_rewards, score_trajectory
 from stepsearch_lib.rollout import rollout
@@ -22,12 +22,9 @@ def trajectories(protocol_model, tokenizer, stepsearch_records, bm25):
         tokenizer,
         questions,
         bm25,
+        RolloutConfig(max_turns=3, max_new_tokens=64, batch_size=4, doc_words=20),
         topk=3,
-        max_turns=3,
-        max_new_tokens=64,
-        batch_size=4,
         greedy=True,
-        doc_words=20,
     )
 
 
@@ -84,9 +81,13 @@ def test_sampled_rollouts_are_reproducible_and_leave_global_rng_alone(
 ):
     questions = [r["question"] for r in stepsearch_records[:3]]
     state = torch.random.get_rng_state()
-    a = rollout(protocol_model, tokenizer, questions, bm25, max_turns=2, max_new_tokens=24, batch_size=3, seed=5)
+    a = rollout(
+        protocol_model, tokenizer, questions, bm25, RolloutConfig(max_turns=2, max_new_tokens=24, batch_size=3), seed=5
+    )
     assert torch.equal(torch.random.get_rng_state(), state)
-    b = rollout(protocol_model, tokenizer, questions, bm25, max_turns=2, max_new_tokens=24, batch_size=3, seed=5)
+    b = rollout(
+        protocol_model, tokenizer, questions, bm25, RolloutConfig(max_turns=2, max_new_tokens=24, batch_size=3), seed=5
+    )
     assert [t.response_ids for t in a] == [t.response_ids for t in b]
 
 
@@ -98,8 +99,7 @@ def test_untaught_model_gets_warnings_and_no_answer(tokenizer, stepsearch_record
         tokenizer,
         [stepsearch_records[0]["question"]],
         bm25,
-        max_turns=1,
-        max_new_tokens=8,
+        RolloutConfig(max_turns=1, max_new_tokens=8),
         greedy=True,
     )[0]
     assert t.answer is None and t.invalid_turns == 2 and t.done
@@ -110,9 +110,9 @@ def test_rollout_through_the_remote_server_matches_local(server, protocol_model,
     from stepsearch_lib.retrieval import RemoteRetriever
 
     questions = [r["question"] for r in stepsearch_records[:4]]
-    kwargs = dict(topk=3, max_turns=2, max_new_tokens=40, batch_size=4, greedy=True, doc_words=20)
-    local = rollout(protocol_model, tokenizer, questions, bm25, **kwargs)
-    remote = rollout(protocol_model, tokenizer, questions, RemoteRetriever(f"{server}/retrieve"), **kwargs)
+    settings = RolloutConfig(max_turns=2, max_new_tokens=40, batch_size=4, doc_words=20)
+    local = rollout(protocol_model, tokenizer, questions, bm25, settings, greedy=True)
+    remote = rollout(protocol_model, tokenizer, questions, RemoteRetriever(f"{server}/retrieve"), settings, greedy=True)
     assert [t.response_ids for t in local] == [t.response_ids for t in remote]
     assert [t.step_doc_ids for t in local] == [t.step_doc_ids for t in remote]
 
@@ -153,13 +153,9 @@ def test_rollout_with_a_bfloat16_sampling_copy(protocol_model, tokenizer, stepse
         tokenizer,
         questions,
         bm25,
+        RolloutConfig(max_turns=2, max_new_tokens=48, batch_size=4, doc_words=20, generation_dtype="bfloat16"),
         topk=3,
-        max_turns=2,
-        max_new_tokens=48,
-        batch_size=4,
         greedy=True,
-        doc_words=20,
-        generation_dtype="bfloat16",
     )
     assert all(p.dtype == torch.float32 for p in protocol_model.parameters())
     for t in trajs:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from stepsearch_lib.batching import build_batch
-from stepsearch_lib.config import PPOConfig, RewardConfig
+from stepsearch_lib.config import PPOConfig, RewardConfig, RolloutConfig
 from stepsearch_lib.critic import ValueModel
 from stepsearch_lib.models import LoraSpec, add_lora, build_tiny_model, token_logprobs
 from stepsearch_lib.retrieval import load_retriever
@@ -24,12 +24,8 @@ def setup(protocol_model, tokenizer, stepsearch_records, index_dirs):
         tokenizer,
         [r["question"] for r in records],
         load_retriever(index_dirs / "bm25"),
+        RolloutConfig(max_turns=2, max_new_tokens=64, batch_size=4, temperature=1.0, doc_words=20),
         topk=3,
-        max_turns=2,
-        max_new_tokens=64,
-        batch_size=4,
-        temperature=1.0,
-        doc_words=20,
         seed=1,
     )
     scored = [
