@@ -7,7 +7,9 @@ Phases, each resumable and each runnable for any subset (``--arms``, ``--seeds``
   search rate, searches, search-key score, F1) -> ``results/cpu_study/warm_starts.csv``. The study starts from
   ``train.sft_queries`` (``question``: query quality has room to grow, which is what step rewards teach).
 * ``pilot`` StePPO at each actor learning rate of ``--lrs`` for ``PILOT_STEPS`` updates from the study's warm start
-  -> ``results/cpu_study/pilot/<run>.jsonl``.
+  -> ``results/cpu_study/pilot/<run>.jsonl``, then ``pilot/summary.csv`` (reward trend with its interval, KL to the
+  warm start, the chosen rate and why: `choose_lr`) and ``figures/pilot_curves.png``. The choice becomes
+  ``ppo.actor_lr`` in `STUDY`.
 * ``eval``  the warm start and every run's final checkpoint, greedy, on the held-out questions (`heldout`)
   -> ``results/cpu_study/predictions/<model>.jsonl`` (skipped when present: resumable).
 * ``summary`` ``results/cpu_study/summary.csv``: per arm, seed, dataset and metric the mean with its 95 % bootstrap
@@ -27,6 +29,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+from scipy import stats
+
 from .cli import add_config_args, door
 from .config import get_config
 from .evaluate import bootstrap_ci, load_model_for_eval
@@ -38,7 +43,7 @@ from .plotting import plot_study_curves, plot_study_heldout
 from .profile_data import load_profile_corpus
 from .retrieval import profile_retriever
 from .sft import ensure_warm_start
-from .train import train
+from .train import run_name, train
 
 RESULTS = PROJECT_ROOT / "results" / "cpu_study"
 """Committed results of the cpu study (small files: CSV, metrics JSONL, predictions, figures)."""
@@ -69,6 +74,10 @@ WARM_SEED = 0
 
 PILOT_STEPS = 15
 PILOT_LRS = (2e-5, 5e-5, 1e-4)
+PILOT_KL_MAX = 0.05
+"""Largest mean per-token KL to the warm start (``losses/kl_ref`` over a pilot's last 5 updates) a learning rate may
+reach: beyond it the policy leaves the protocol the warm start taught faster than the reward can say whether that
+helps (the released recipe's KL coefficient 0.001 makes the penalty itself negligible at this size)."""
 HELDOUT_PER_DATASET = 100
 """Held-out questions per dev subset (all 125 of Bamboogle)."""
 
@@ -130,7 +139,104 @@ def run_arm(
 
 def run_pilot(profile: str, lr: float, out: Path, overrides: dict | None = None) -> Path:
     cfg = from_warm_start(study_config(profile, {**(overrides or {}), "ppo.actor_lr": lr}, 0), profile, overrides)
-    return publish_metrics(train(cfg, "steppo", "full", steps=PILOT_STEPS, tag=f"pilot-lr{lr:g}"), out / "pilot")
+    return publish_metrics(train(cfg, "steppo", "full", steps=PILOT_STEPS, tag=pilot_tag(lr)), out / "pilot")
+
+
+def pilot_tag(lr: float) -> str:
+    return f"pilot-lr{lr:g}"
+
+
+PILOT_CURVE_KEYS = (
+    ("reward/token_sum", "training reward (sum per episode)"),
+    ("losses/kl_ref", "KL to the warm start"),
+)
+"""What the learning-rate choice reads (`choose_lr`), one panel each."""
+
+
+def reward_trend(values) -> tuple[float, float, float]:
+    r"""Least-squares slope of ``values`` per update and its 95 % interval (t quantile, n - 2 degrees of freedom):
+    $\hat\beta = \sum_i (x_i - \bar x)(y_i - \bar y) / \sum_i (x_i - \bar x)^2$, $\mathrm{se} = \sqrt{\sum_i e_i^2 /
+    ((n-2) \sum_i (x_i - \bar x)^2)}$.
+
+    >>> [round(v, 3) for v in reward_trend([0.0, 1.0, 2.0, 3.0])]
+    [1.0, 1.0, 1.0]
+    """
+    y = np.asarray(values, dtype=float)
+    x = np.arange(len(y), dtype=float)
+    if len(y) < 3:
+        return float("nan"), float("nan"), float("nan")
+    sxx = ((x - x.mean()) ** 2).sum()
+    slope = float(((x - x.mean()) * (y - y.mean())).sum() / sxx)
+    resid = y - (y.mean() + slope * (x - x.mean()))
+    half = float(stats.t.ppf(0.975, len(y) - 2) * np.sqrt((resid**2).sum() / ((len(y) - 2) * sxx)))
+    return slope, slope - half, slope + half
+
+
+def pilot_summary(runs: dict[float, Path]) -> list[dict]:
+    """Per pilot learning rate: updates run, the training reward's trend (slope per update, 95 % interval), its mean
+    over the first and last 5 updates, and the KL to the warm start over the last 5 updates (mean) and at most."""
+    rows = []
+    for lr, path in sorted(runs.items()):
+        records = [r for _, r in iter_json_records(path)]
+        reward = [r["reward/token_sum"] for r in records]
+        kl = [r["losses/kl_ref"] for r in records]
+        slope, lo, hi = reward_trend(reward)
+        rows.append(
+            {
+                "actor_lr": lr,
+                "updates": len(records),
+                "reward_slope": slope,
+                "slope_lo": lo,
+                "slope_hi": hi,
+                "reward_first5": float(np.mean(reward[:5])),
+                "reward_last5": float(np.mean(reward[-5:])),
+                "kl_last5": float(np.mean(kl[-5:])),
+                "kl_max": float(np.max(kl)),
+            }
+        )
+    return rows
+
+
+def choose_lr(rows: list[dict], kl_max: float = PILOT_KL_MAX) -> tuple[float, str]:
+    """The study's actor learning rate from `pilot_summary` rows, and why: among the rates whose KL to the warm start
+    stays within ``kl_max``, the one whose training reward rises fastest; the smallest rate when none stays within.
+
+    >>> choose_lr([{"actor_lr": 1e-5, "reward_slope": 0.01, "kl_last5": 0.01},
+    ...            {"actor_lr": 1e-4, "reward_slope": 0.05, "kl_last5": 0.2}])[0]
+    1e-05
+    """
+    within = [r for r in rows if r["kl_last5"] <= kl_max]
+    if not within:
+        smallest = min(rows, key=lambda r: r["actor_lr"])
+        return smallest["actor_lr"], f"no rate kept the KL to the warm start within {kl_max}: the smallest"
+    best = max(within, key=lambda r: r["reward_slope"])
+    return best["actor_lr"], (
+        f"steepest training-reward trend ({best['reward_slope']:+.4f} per update) among the rates whose KL to the "
+        f"warm start stayed within {kl_max} over the last 5 updates"
+    )
+
+
+def pilot_report(profile: str, lrs, out: Path, overrides: dict | None = None) -> Path:
+    """``pilot/summary.csv`` (one row per rate, the chosen one marked, the reason) and ``figures/pilot_curves.png``
+    from the pilot runs' published metrics."""
+    runs = {
+        lr: require(
+            out / "pilot" / f"{run_name('steppo', 'full', 0, pilot_tag(lr))}.jsonl", "stepsearch study --phase pilot"
+        )
+        for lr in lrs
+    }
+    rows = pilot_summary(runs)
+    chosen, why = choose_lr(rows)
+    for r in rows:
+        r["chosen"] = r["actor_lr"] == chosen
+        r["why"] = why if r["chosen"] else ""
+    plot_study_curves(
+        {f"lr {lr:g}": [path] for lr, path in runs.items()},
+        out / "figures" / "pilot_curves.png",
+        keys=PILOT_CURVE_KEYS,
+        title=f"Pilot: StePPO at three actor learning rates ({PILOT_STEPS} updates, seed 0)",
+    )
+    return write_csv(out / "pilot" / "summary.csv", rows)
 
 
 def study_models(profile: str, arms, seeds, overrides: dict | None = None) -> dict[str, Path]:
@@ -249,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.phase == "pilot":
         for lr in args.lrs:
             print(f"pilot lr {lr:g}: {run_pilot(args.profile, lr, out, overrides)}", flush=True)
+        print(f"pilot summary: {pilot_report(args.profile, args.lrs, out, overrides)}")
     elif args.phase == "eval":
         for path in run_heldout(args.profile, args.arms, args.seeds, out, overrides):
             print(f"predictions: {path}")

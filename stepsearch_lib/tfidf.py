@@ -1,4 +1,4 @@
-"""The similarity behind the information gain: TF-IDF cosine of a retrieved document with each gold document.
+r"""The similarity behind the information gain: TF-IDF cosine of a retrieved document with each gold document.
 
 The released code fits scikit-learn's ``TfidfVectorizer`` (defaults: lower-case, token pattern ``\b\w\w+\b``,
 smooth idf, l2 norm) once per retrieved document on ``[doc] + golds`` and takes the clipped cosine

@@ -41,3 +41,16 @@ def test_protocol_rates():
         return Trajectory("q", [], answer=answer, search_end_idx=list(range(searches)))
 
     assert protocol_rates([T("a", 1), T(None, 2), T(None, 0)]) == {"format_ok": 1 / 3, "searched": 2 / 3}
+
+
+def test_warm_starts_differing_only_in_sft_settings_share_the_untrained_check():
+    from stepsearch_lib.config import get_config
+    from stepsearch_lib.sft import base_check_path, warm_start_dir
+
+    gold = get_config("cpu", {"train.sft_queries": "gold"})
+    question = get_config("cpu", {"train.sft_queries": "question", "train.sft_lr": 1e-3})
+    assert warm_start_dir(gold) != warm_start_dir(question)
+    assert base_check_path(gold) == base_check_path(question)
+    for changed in ({"rollout.max_turns": 2}, {"retrieval.topk": 5}, {"train.sft_eval_questions": 7}):
+        assert base_check_path(get_config("cpu", changed)) != base_check_path(gold), changed
+    assert base_check_path(get_config("cpu", seed=1)) != base_check_path(gold)

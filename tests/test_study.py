@@ -8,6 +8,7 @@ import pytest
 from stepsearch_lib import study
 from stepsearch_lib.config import get_config
 from stepsearch_lib.data import passage_key
+from stepsearch_lib.fileio import read_csv
 from stepsearch_lib.heldout import METRICS, evaluate_heldout, heldout_gold
 from stepsearch_lib.retrieval import load_retriever
 
@@ -99,3 +100,32 @@ def test_a_missing_run_names_the_command_that_evaluates_it(tmp_path):
 
     with pytest.raises(MissingInputError, match="stepsearch study --phase eval"):
         study.summarize(["steppo"], [0], tmp_path)
+
+
+def write_pilot(folder, lr, rewards, kls):
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{"step": i + 1, "reward/token_sum": r, "losses/kl_ref": k} for i, (r, k) in enumerate(zip(rewards, kls))]
+    path = folder / f"steppo-full-s0-pilot-lr{lr:g}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_the_pilot_chooses_the_fastest_rising_rate_that_stays_near_the_warm_start(tmp_path):
+    """Three rates: the middle one rises fastest within the KL limit; the largest rises faster but drifts."""
+    n = 15
+    write_pilot(tmp_path / "pilot", 2e-5, [0.1 + 0.001 * i for i in range(n)], [0.001] * n)
+    write_pilot(tmp_path / "pilot", 5e-5, [0.1 + 0.01 * i + 0.002 * (-1) ** i for i in range(n)], [0.01] * n)
+    write_pilot(tmp_path / "pilot", 1e-4, [0.1 + 0.03 * i for i in range(n)], [0.02 * i for i in range(n)])
+    csv_path = study.pilot_report("smoke", (2e-5, 5e-5, 1e-4), tmp_path)
+    rows = {float(r["actor_lr"]): r for r in read_csv(csv_path)}
+    assert [lr for lr, r in rows.items() if r["chosen"] == "True"] == [5e-5]
+    assert "within 0.05" in rows[5e-5]["why"] and rows[2e-5]["why"] == ""
+    # the trend by hand: slope 0.001 exactly for the first rate; the alternating one is 0.01 within its interval
+    assert float(rows[2e-5]["reward_slope"]) == pytest.approx(0.001)
+    assert float(rows[5e-5]["slope_lo"]) < 0.01 < float(rows[5e-5]["slope_hi"])
+    assert float(rows[1e-4]["kl_last5"]) == pytest.approx(0.02 * 12)  # updates 11..15 -> i = 10..14, mean 12
+    assert (tmp_path / "figures" / "pilot_curves.png").is_file()
+    # every rate drifting: the smallest, and the reason says so
+    assert study.choose_lr([{**rows[1e-4], "actor_lr": 1e-4, "kl_last5": 1.0, "reward_slope": 1.0}])[1].startswith(
+        "no rate"
+    )
