@@ -216,7 +216,7 @@ def choose_lr(rows: list[dict], kl_max: float = PILOT_KL_MAX) -> tuple[float, st
     )
 
 
-def pilot_report(profile: str, lrs, out: Path, overrides: dict | None = None) -> Path:
+def pilot_report(lrs, out: Path) -> Path:
     """``pilot/summary.csv`` (one row per rate, the chosen one marked, the reason) and ``figures/pilot_curves.png``
     from the pilot runs' published metrics."""
     runs = {
@@ -246,7 +246,7 @@ def study_models(profile: str, arms, seeds, overrides: dict | None = None) -> di
         cfg = study_config(profile, overrides, seed)
         for arm in arms:
             algo, reward = ARMS[arm]
-            folder = cfg.path("checkpoints", f"{algo}-{reward}-s{seed}-study")
+            folder = cfg.path("checkpoints", run_name(algo, reward, seed, "study"))
             cmd = f"stepsearch study --phase train --arms {arm} --seeds {seed}"
             out[f"{arm}-s{seed}"] = require(folder / "latest", cmd).parent
     return out
@@ -308,7 +308,7 @@ def study_figures(arms, seeds, out: Path) -> list[Path]:
     curves = {}
     for arm in arms:
         algo, reward = ARMS[arm]
-        paths = [out / "metrics" / f"{algo}-{reward}-s{seed}-study.jsonl" for seed in seeds]
+        paths = [out / "metrics" / f"{run_name(algo, reward, seed, 'study')}.jsonl" for seed in seeds]
         if all(p.is_file() for p in paths):
             curves[arm] = paths
     figures = []
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.phase == "pilot":
         for lr in args.lrs:
             print(f"pilot lr {lr:g}: {run_pilot(args.profile, lr, out, overrides)}", flush=True)
-        print(f"pilot summary: {pilot_report(args.profile, args.lrs, out, overrides)}")
+        print(f"pilot summary: {pilot_report(args.lrs, out)}")
     elif args.phase == "eval":
         for path in run_heldout(args.profile, args.arms, args.seeds, out, overrides):
             print(f"predictions: {path}")

@@ -116,7 +116,7 @@ def test_the_pilot_chooses_the_fastest_rising_rate_that_stays_near_the_warm_star
     write_pilot(tmp_path / "pilot", 2e-5, [0.1 + 0.001 * i for i in range(n)], [0.001] * n)
     write_pilot(tmp_path / "pilot", 5e-5, [0.1 + 0.01 * i + 0.002 * (-1) ** i for i in range(n)], [0.01] * n)
     write_pilot(tmp_path / "pilot", 1e-4, [0.1 + 0.03 * i for i in range(n)], [0.02 * i for i in range(n)])
-    csv_path = study.pilot_report("smoke", (2e-5, 5e-5, 1e-4), tmp_path)
+    csv_path = study.pilot_report((2e-5, 5e-5, 1e-4), tmp_path)
     rows = {float(r["actor_lr"]): r for r in read_csv(csv_path)}
     assert [lr for lr, r in rows.items() if r["chosen"] == "True"] == [5e-5]
     assert "within 0.05" in rows[5e-5]["why"] and rows[2e-5]["why"] == ""
