@@ -14,6 +14,7 @@ ARMS ?= steppo ppo
 SEEDS ?= 0 1 2
 PHASE ?= train
 STUDY_ARGS ?=
+JOBS ?= 2
 
 .PHONY: test-browser lab study install test test-nbval test-all bench reliability reproduce notebooks data data-check clean-runs
 
@@ -41,9 +42,10 @@ test-nbval: $(STAMP)
 	STEPSEARCH_PROFILE=smoke STEPSEARCH_OVERRIDES='{"artifact_root": "$(CURDIR)/runs/nbval"}' \
 		$(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax notebooks/
 
-# re-execute the notebooks on the smoke profile and store them (stripped) as the committed copies
+# re-execute the notebooks and store them (stripped) as the committed copies: cpu outputs (the quick local run +
+# the committed study, as `make reproduce`); `make notebooks PROFILE=smoke` for a minutes-long check
 notebooks: $(STAMP)
-	$(BIN)/python -m stepsearch_lib.reproduce --profile smoke --write-back
+	$(BIN)/python -m stepsearch_lib.reproduce --profile $(PROFILE) --write-back
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
@@ -83,9 +85,9 @@ lab: $(STAMP)
 	STEPSEARCH_PROFILE=$(PROFILE) $(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --notebook-dir=$(CURDIR) \
 		$(if $(filter 0,$(shell id -u)),--allow-root,)
 
-# the cpu study (resumable; any subset): make study PHASE=warm | PHASE=pilot | ARMS=steppo SEEDS=0 STUDY_ARGS="--stop-after 20"
+# the cpu study (resumable; any subset; JOBS runs at once): make study PHASE=warm | PHASE=pilot | ARMS=steppo SEEDS=0 STUDY_ARGS="--stop-after 20"
 study: $(STAMP)
-	$(BIN)/stepsearch study --profile cpu --phase $(PHASE) --arms $(ARMS) --seeds $(SEEDS) $(STUDY_ARGS)
+	$(BIN)/stepsearch study --profile cpu --phase $(PHASE) --arms $(ARMS) --seeds $(SEEDS) --jobs $(JOBS) $(STUDY_ARGS)
 
 reproduce: $(STAMP)
 	$(BIN)/python -m stepsearch_lib.reproduce --profile $(PROFILE)

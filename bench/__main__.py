@@ -2,7 +2,7 @@
 
 import sys
 
-from bench import ann, fast_rl, report, retrieval, rewards, rollout, training, update_profile
+from bench import ann, fast_rl, report, retrieval, rewards, rollout, study_jobs, training, update_profile
 
 ALL = {
     "rewards": rewards.run,
@@ -12,6 +12,7 @@ ALL = {
     "training": training.run,
     "rl": fast_rl.run,
     "update": update_profile.run,
+    "study_jobs": study_jobs.run,
 }
 
 names = sys.argv[1:] or list(ALL)

@@ -151,6 +151,26 @@ def _update_profile() -> str:
     )
 
 
+def _study_jobs() -> str:
+    """Two study runs side by side vs one on every core (`bench/study_jobs.py`, committed under bench/results/)."""
+    import json
+
+    from bench.study_jobs import RESULTS
+
+    path = RESULTS / "study_jobs.json"
+    if not path.is_file():
+        return "\n## Study runs side by side\n\nNot measured yet (`make bench BENCH=study_jobs`).\n"
+    j = json.loads(path.read_text())
+    side = max(j["unit_s"]["side_by_side"])
+    return (
+        "\n## Study runs side by side (`bench/study_jobs.py`)\n\n"
+        f"One study update (rollout of 8 questions + one StePPO update) alone on {j['cores']} threads: "
+        f"{j['unit_s']['alone']:.0f} s; {j['cores']} runs at once on 1 thread each: {side:.0f} s each. Work per "
+        f"second side by side: x{j['throughput_ratio']:.2f} (rollout x{j['rollout_ratio']:.2f}, update "
+        f"x{j['update_ratio']:.2f}); the same rollouts either way: {j['same_rollout']}. Hence `make study JOBS=2`.\n"
+    )
+
+
 def render() -> str:
     rew, retr, roll, train, ann = (_load(n) for n in ("rewards", "retrieval", "rollout", "training", "ann"))
     figs = _figures(retr, roll)
@@ -161,6 +181,7 @@ def render() -> str:
     ]
     parts.append(_fast_rl())
     parts.append(_update_profile())
+    parts.append(_study_jobs())
     any_ = next((x for x in (rew, retr, roll, train) if x), None)
     if any_:
         m = any_["machine"]

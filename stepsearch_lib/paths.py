@@ -51,5 +51,6 @@ RUN_LAYOUT = {
     "rewards": "rewards",
     "notebooks": "notebooks",
     "figures": "figures",
+    "logs": "logs",
 }
 """Sub-folders of `runs/<profile>/` (see DESIGN.md)."""

@@ -5,9 +5,11 @@ Each ``notebooks/NN_*.ipynb`` is executed with papermill (parameters ``PROFILE``
 their figures to ``figures/``. A failing notebook stops the run with its error, and its
 partial executed copy is not left behind.
 
-``--write-back`` (smoke profile only) stores the executed notebooks back into ``notebooks/``
+On the cpu profile the local run uses `QUICK` settings (``--full``: the profile's own).
+
+``--write-back`` (smoke or cpu profile) stores the executed notebooks back into ``notebooks/``
 with execution metadata, injected-parameter cells and stderr streams stripped: the committed
-notebooks show real (smoke) outputs, and ``pytest --nbval-lax notebooks/`` re-runs them.
+notebooks show the real model's (cpu) outputs, and ``pytest --nbval-lax notebooks/`` re-runs them on smoke.
 """
 
 from __future__ import annotations
@@ -22,6 +24,27 @@ from .cli import UsageError, add_config_args, door
 from .config import PROJECT_ROOT, get_config
 from .fileio import atomic_path
 from .overrides import parse_cli_overrides
+
+QUICK = {
+    "train.sft_examples": 80,
+    "train.sft_eval_questions": 8,
+    "train.steps": 4,
+    "eval.questions_per_dataset": 6,
+}
+"""The cpu profile's *local run* under ``make reproduce``: a shorter warm start (80 demonstrations, checked on 8 dev
+questions), RL run (4 updates) and evaluation (6 questions per dataset) than the profile's, so that the five
+notebooks finish within 90 minutes on 2 cores from an empty machine. It shows the mechanics on this machine; the
+science figures of notebooks 04 and 05 read the committed cpu study (`study.RESULTS`). ``--full``: the profile's
+own sizes."""
+
+
+def local_run_overrides(profile: str, overrides: dict, full: bool = False) -> dict:
+    """The overrides the notebooks run with: `QUICK` under the caller's own on the cpu profile (unless ``full``).
+
+    >>> local_run_overrides("cpu", {"train.steps": 2})["train.steps"], local_run_overrides("smoke", {})
+    (2, {})
+    """
+    return {**QUICK, **overrides} if profile == "cpu" and not full else dict(overrides)
 
 
 def notebook_paths(folder: Path = PROJECT_ROOT / "notebooks") -> list[Path]:
@@ -166,8 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--write-back",
         action="store_true",
-        help="store the executed notebooks (stripped) back into notebooks/ (smoke profile only)",
+        help="store the executed notebooks (stripped) back into notebooks/ (smoke or cpu profile)",
     )
+    ap.add_argument("--full", action="store_true", help="cpu: the profile's own sizes instead of the quick local run")
     args = ap.parse_args(argv)
     if args.compare:
         for path in args.compare:
@@ -176,9 +200,15 @@ def main(argv: list[str] | None = None) -> int:
         differences = compare_runs(*args.compare)
         print("\n".join(differences) or f"{args.compare[1]} reproduces {args.compare[0]}")
         return 1 if differences else 0
-    if args.write_back and args.profile != "smoke":
-        ap.error("--write-back is for the smoke profile (the committed notebooks carry smoke outputs)")
-    overrides = parse_cli_overrides(args.set)
+    if args.write_back and args.profile not in ("smoke", "cpu"):
+        ap.error("--write-back is for the smoke and cpu profiles (the committed notebooks carry cpu outputs)")
+    overrides = local_run_overrides(args.profile, parse_cli_overrides(args.set), args.full)
+    if args.profile == "cpu" and not args.full:
+        print(
+            f"[reproduce] the local run uses the quick settings {QUICK} (--full: the profile's own); the study's "
+            "figures in notebooks 04 and 05 read the committed results/cpu_study",
+            flush=True,
+        )
     cfg = get_config(args.profile, overrides, seed=args.seed or 0)
     notebooks = [p for p in notebook_paths() if not args.only or any(p.name.startswith(o) for o in args.only)]
     if not notebooks:

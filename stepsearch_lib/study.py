@@ -12,32 +12,42 @@ Phases, each resumable and each runnable for any subset (``--arms``, ``--seeds``
   ``ppo.actor_lr`` in `STUDY`.
 * ``eval``  the warm start and every run's final checkpoint, greedy, on the held-out questions (`heldout`)
   -> ``results/cpu_study/predictions/<model>.jsonl`` (skipped when present: resumable).
-* ``summary`` ``results/cpu_study/summary.csv``: per arm, seed, dataset and metric the mean with its 95 % bootstrap
-  interval over questions; StePPO - PPO and each arm - warm start paired over seeds and questions.
+* ``summary`` ``results/cpu_study/movement.csv`` (did RL move each arm beyond seed noise: `movement_rows`) and
+  ``summary.csv``: per arm, seed, dataset and metric the mean with its 95 % bootstrap interval over questions;
+  StePPO - PPO and each arm - warm start paired over seeds and questions; the figures.
 * ``train`` every arm x seed for ``train.steps`` updates of ``train.questions_per_step`` questions (``STUDY``), the
   same warm start for all, seeds paired across arms (the same seed draws the same questions at every step)
-  -> ``results/cpu_study/metrics/<run>.jsonl`` after every piece (``--stop-after K`` runs up to update K).
+  -> ``results/cpu_study/metrics/<run>.jsonl`` after every piece (``--stop-after K`` runs up to update K) and the
+  run's resolved config ``results/cpu_study/config/<run>.json``.
 
-Run folders live under ``runs/<profile>/checkpoints/<algo>-<reward>-s<seed>-study`` (pilot: ``-pilot-lr<lr>``).
+``--jobs N`` runs N runs (pilot rates, arm x seed runs, or evaluated models) at once as separate processes on
+cores / N threads each (`run_jobs`). Run folders live under ``runs/<profile>/checkpoints/<algo>-<reward>-s<seed>-study``
+(pilot: ``-pilot-lr<lr>``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
+import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from scipy import stats
+from tqdm.auto import tqdm
 
-from .cli import add_config_args, door
-from .config import get_config
+from .checkpoint import latest_checkpoint
+from .cli import UsageError, add_config_args, door
+from .config import get_config, to_dict
 from .evaluate import bootstrap_ci, load_model_for_eval
-from .fileio import atomic_path, iter_json_records, require, write_csv, write_jsonl
+from .fileio import MissingInputError, atomic_path, iter_json_records, read_csv, require, write_csv, write_jsonl
 from .heldout import METRICS, evaluate_heldout, heldout_sets, paired_bootstrap
-from .overrides import parse_cli_overrides
+from .overrides import apply_overrides, parse_cli_overrides
 from .paths import PROJECT_ROOT
 from .plotting import plot_study_curves, plot_study_heldout
 from .profile_data import load_profile_corpus
@@ -68,6 +78,7 @@ STUDY = {
 
 ARMS = {"steppo": ("steppo", "full"), "ppo": ("ppo", "global_only"), "grpo": ("grpo", "full")}
 """arm -> (algorithm, reward configuration)."""
+ARM_LABELS = {"steppo": "StePPO (step + global rewards)", "ppo": "PPO (global reward)", "grpo": "GRPO"}
 
 WARM_SEED = 0
 """Every run starts from the warm start trained with this seed: arms differ only in what RL does."""
@@ -129,17 +140,32 @@ def publish_metrics(path: Path, folder: Path) -> Path:
     return target
 
 
+def publish_config(cfg, algo: str, reward: str, tag: str, folder: Path) -> Path:
+    """The run's resolved config (every section, the algorithm and reward it trains with; the warm start relative to
+    the run folder) as ``folder/<run>.json``: what a reader needs to rerun it."""
+    cfg = apply_overrides(cfg, {"train.algo": algo, "reward.name": reward})
+    resolved = to_dict(cfg)
+    resolved["train"]["init_adapter"] = os.path.relpath(cfg.train.init_adapter, cfg.run_dir)
+    target = folder / f"{run_name(algo, reward, cfg.seed, tag)}.json"
+    with atomic_path(target) as tmp:
+        tmp.write_text(json.dumps(resolved, indent=1) + "\n", encoding="utf-8")
+    return target
+
+
 def run_arm(
     profile: str, arm: str, seed: int, out: Path, overrides: dict | None = None, stop_after: int | None = None
 ) -> Path:
     algo, reward = ARMS[arm]
     cfg = from_warm_start(study_config(profile, overrides, seed), profile, overrides)
+    publish_config(cfg, algo, reward, "study", out / "config")
     return publish_metrics(train(cfg, algo, reward, tag="study", stop_after=stop_after), out / "metrics")
 
 
 def run_pilot(profile: str, lr: float, out: Path, overrides: dict | None = None) -> Path:
     cfg = from_warm_start(study_config(profile, {**(overrides or {}), "ppo.actor_lr": lr}, 0), profile, overrides)
-    return publish_metrics(train(cfg, "steppo", "full", steps=PILOT_STEPS, tag=pilot_tag(lr)), out / "pilot")
+    cfg = apply_overrides(cfg, {"train.steps": PILOT_STEPS})
+    publish_config(cfg, "steppo", "full", pilot_tag(lr), out / "config")
+    return publish_metrics(train(cfg, "steppo", "full", tag=pilot_tag(lr)), out / "pilot")
 
 
 def pilot_tag(lr: float) -> str:
@@ -239,31 +265,137 @@ def pilot_report(lrs, out: Path) -> Path:
     return write_csv(out / "pilot" / "summary.csv", rows)
 
 
+MOVEMENT_WINDOW = 10
+"""Updates averaged at the end of a run for its KL to the warm start (and at its start and end for the reward)."""
+
+
+def movement_rows(runs: dict[int, Path], arm: str) -> list[dict]:
+    r"""Did RL move ``arm``'s policy (``runs``: seed -> metrics JSONL) beyond seed-to-seed noise?
+
+    Per seed: the training reward's trend (`reward_trend`, 95 % interval over updates), its mean over the first and
+    last `MOVEMENT_WINDOW` updates, the KL to the warm start over the last window (``kl_last``) and the KL
+    estimator's *noise floor* ``kl_floor``: the largest $|\widehat{KL}|$ over the critic warm-up updates
+    (``losses/actor_updated`` = 0), where the policy still is the warm start. Per arm (seed ``"mean"``): the mean
+    over seeds with a t interval over seeds (n - 1 degrees of freedom): the seed-to-seed noise. The arm ``moved``
+    when its KL interval lies above every seed's floor; its reward ``rose`` when the slope interval lies above 0
+    (per seed: the seed's own KL and slope interval).
+    """
+    rows = []
+    for seed, path in sorted(runs.items()):
+        records = [r for _, r in iter_json_records(path)]
+        reward = [r["reward/token_sum"] for r in records]
+        kl = [r["losses/kl_ref"] for r in records]
+        frozen = [abs(r["losses/kl_ref"]) for r in records if not r.get("losses/actor_updated", 1.0)]
+        slope, lo, hi = reward_trend(reward)
+        w = MOVEMENT_WINDOW
+        rows.append(
+            {
+                "arm": arm,
+                "seed": seed,
+                "updates": len(records),
+                "reward_slope": slope,
+                "slope_lo": lo,
+                "slope_hi": hi,
+                "reward_first": float(np.mean(reward[:w])),
+                "reward_last": float(np.mean(reward[-w:])),
+                "kl_last": float(np.mean(kl[-w:])),
+                "kl_lo": float("nan"),
+                "kl_hi": float("nan"),
+                "kl_floor": max(frozen, default=float("nan")),
+            }
+        )
+        rows[-1]["moved"] = bool(rows[-1]["kl_last"] > rows[-1]["kl_floor"])
+        rows[-1]["rose"] = bool(lo > 0)
+
+    def over_seeds(key):
+        v = np.array([r[key] for r in rows], dtype=float)
+        if len(v) < 2:
+            return float(v.mean()), float("nan"), float("nan")
+        half = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+        return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
+
+    slope, slope_lo, slope_hi = over_seeds("reward_slope")
+    kl, kl_lo, kl_hi = over_seeds("kl_last")
+    floor = max((r["kl_floor"] for r in rows if r["kl_floor"] == r["kl_floor"]), default=0.0)
+    rows.append(
+        {
+            "arm": arm,
+            "seed": "mean",
+            "updates": min(r["updates"] for r in rows),
+            "reward_slope": slope,
+            "slope_lo": slope_lo,
+            "slope_hi": slope_hi,
+            "reward_first": over_seeds("reward_first")[0],
+            "reward_last": over_seeds("reward_last")[0],
+            "kl_last": kl,
+            "kl_lo": kl_lo,
+            "kl_hi": kl_hi,
+            "kl_floor": floor,
+            "moved": bool(kl_lo > floor),
+            "rose": bool(slope_lo > 0),
+        }
+    )
+    return rows
+
+
+def movement_check(arms, seeds, out: Path) -> Path:
+    """``movement.csv``: `movement_rows` of every arm whose runs of ``seeds`` have published metrics."""
+    rows = []
+    for arm in arms:
+        algo, reward = ARMS[arm]
+        runs = {
+            s: require(
+                out / "metrics" / f"{run_name(algo, reward, s, 'study')}.jsonl",
+                f"stepsearch study --phase train --arms {arm} --seeds {s}",
+            )
+            for s in seeds
+        }
+        rows += movement_rows(runs, arm)
+    return write_csv(out / "movement.csv", rows)
+
+
 def study_models(profile: str, arms, seeds, overrides: dict | None = None) -> dict[str, Path]:
-    """{name: adapter or checkpoint folder} of the warm start and every finished study run of ``arms`` x ``seeds``."""
-    out = {"warm": warm_start_adapter(profile, overrides)}
+    """{name: adapter or final checkpoint} of the warm start and every study run of ``arms`` x ``seeds``; a run that
+    has not finished its ``train.steps`` updates is an error naming the command that finishes it."""
+    runs = {}
     for seed in seeds:
         cfg = study_config(profile, overrides, seed)
         for arm in arms:
             algo, reward = ARMS[arm]
             folder = cfg.path("checkpoints", run_name(algo, reward, seed, "study"))
             cmd = f"stepsearch study --phase train --arms {arm} --seeds {seed}"
-            out[f"{arm}-s{seed}"] = require(folder / "latest", cmd).parent
-    return out
+            require(folder / "latest", cmd)
+            step = latest_checkpoint(folder)
+            done = json.loads((step / "state.json").read_text())["step"]
+            if done < cfg.train.steps:
+                raise MissingInputError(f"{folder} has {done} of {cfg.train.steps} updates: {cmd}")
+            runs[f"{arm}-s{seed}"] = step
+    return {"warm": warm_start_adapter(profile, overrides), **runs}
 
 
-def run_heldout(profile: str, arms, seeds, out: Path, overrides: dict | None = None) -> list[Path]:
-    """Predictions of each study model on the held-out questions (a model with predictions is skipped)."""
+def run_heldout(
+    profile: str, arms, seeds, out: Path, overrides: dict | None = None, only: str | None = None
+) -> list[Path]:
+    """Predictions of each study model (``only``: that one) on the held-out questions -> ``predictions/<name>.jsonl``
+    (a model with predictions is skipped). Resumable per dataset: finished datasets wait in the run folder's
+    ``eval/study/<name>-<checkpoint>/`` until the model's last one is done."""
     cfg = study_config(profile, overrides, 0)
     sets = heldout_sets(cfg, HELDOUT_PER_DATASET)
     retriever, corpus = profile_retriever(cfg), load_profile_corpus(cfg)
     written = []
     for name, path in study_models(profile, arms, seeds, overrides).items():
         target = out / "predictions" / f"{name}.jsonl"
-        if not target.is_file():
-            model, tok = load_model_for_eval(str(path), cfg)
-            write_jsonl(target, evaluate_heldout(model, tok, sets, retriever, cfg, corpus))
-        written.append(target)
+        if (only and name != only) or target.is_file():
+            written += [target] if target.is_file() else []
+            continue
+        model, tok = load_model_for_eval(str(path), cfg)
+        rows = []
+        for dataset, records in sets.items():
+            part = cfg.path("eval", "study", f"{name}-{Path(path).name}", f"{dataset}.jsonl")
+            if not part.is_file():
+                write_jsonl(part, evaluate_heldout(model, tok, {dataset: records}, retriever, cfg, corpus))
+            rows += [r for _, r in iter_json_records(part)]
+        written.append(write_jsonl(target, rows))
     return written
 
 
@@ -331,6 +463,105 @@ def study_figures(arms, seeds, out: Path) -> list[Path]:
     return figures
 
 
+def committed_study(out: Path = RESULTS) -> dict:
+    """What the committed study holds so far, for notebooks 04 and 05 (each table's rows, or None when that phase
+    has not been committed yet): ``warm_starts``, ``pilot``, ``movement``, ``summary``; ``curves`` = {arm: the
+    metrics JSONL of its seeds that have them}; ``missing`` = the command that produces each absent table."""
+    tables = {
+        "warm_starts": (out / "warm_starts.csv", "make study PHASE=warm"),
+        "pilot": (out / "pilot" / "summary.csv", "make study PHASE=pilot"),
+        "movement": (out / "movement.csv", "make study PHASE=summary"),
+        "summary": (out / "summary.csv", "make study PHASE=eval && make study PHASE=summary"),
+    }
+    found = {name: read_csv(path) if path.is_file() else None for name, (path, _) in tables.items()}
+    curves = {}
+    for arm, (algo, reward) in ARMS.items():
+        paths = sorted((out / "metrics").glob(f"{run_name(algo, reward, 0, 'study').replace('-s0-', '-s*-')}.jsonl"))
+        if paths:
+            curves[arm] = paths
+    missing = {name: cmd for name, (_, cmd) in tables.items() if found[name] is None}
+    return {**found, "curves": curves, "missing": missing}
+
+
+def paired_table(summary_rows: list[dict], metrics=METRICS) -> list[dict]:
+    """The paired differences of ``summary.csv`` (StePPO - PPO, each arm - warm start) as one row per (comparison,
+    metric) and one ``"d [lo, hi] n=pairs"`` column per dataset.
+
+    >>> paired_table([{"arm": "steppo - ppo", "seed": "paired", "dataset": "bamboogle", "metric": "em", "n": "375",
+    ...                "value": "0.04", "lo": "-0.01", "hi": "0.09"}])
+    [{'comparison': 'steppo - ppo', 'metric': 'em', 'bamboogle': '+0.040 [-0.010, +0.090] n=375'}]
+    """
+    table: dict[tuple[str, str], dict] = {}
+    for r in summary_rows:
+        if r["seed"] != "paired" or r["metric"] not in metrics:
+            continue
+        row = table.setdefault((r["arm"], r["metric"]), {"comparison": r["arm"], "metric": r["metric"]})
+        d, lo, hi = (float(r[k]) for k in ("value", "lo", "hi"))
+        row[r["dataset"]] = f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}] n={r['n']}"
+    order = {m: i for i, m in enumerate(metrics)}
+    return sorted(table.values(), key=lambda row: (row["comparison"], order[row["metric"]]))
+
+
+def study_jobs(args, jobs: int) -> list[tuple[str, list[str]]]:
+    """(label, argv) of the worker processes a ``--jobs`` run starts: one per pilot rate, per seed x arm of the
+    train phase (seed-major: a partial study has both arms of its first seeds), or per model to evaluate."""
+    common = [sys.executable, "-m", "stepsearch_lib", "study", "--profile", args.profile, "--worker"]
+    common += [x for s in args.set for x in ("--set", s)]
+    if args.phase == "pilot":
+        return [(pilot_tag(lr), [*common, "--phase", "pilot", "--lrs", repr(lr)]) for lr in args.lrs]
+    if args.phase == "eval":
+        names = ["warm"] + [f"{arm}-s{seed}" for seed in args.seeds for arm in args.arms]
+        models = ["--arms", *args.arms, "--seeds", *map(str, args.seeds)]
+        return [(f"eval-{name}", [*common, "--phase", "eval", *models, "--only", name]) for name in names]
+    stop = ["--stop-after", str(args.stop_after)] if args.stop_after is not None else []
+    return [
+        (f"{arm}-s{seed}", [*common, "--phase", "train", "--arms", arm, "--seeds", str(seed), *stop])
+        for seed in args.seeds
+        for arm in args.arms
+    ]
+
+
+def run_jobs(tasks: list[tuple[str, list[str]]], jobs: int, logs: Path) -> None:
+    """Run ``tasks`` as separate processes, ``jobs`` at a time, each with ``cores // jobs`` torch threads and its
+    output in ``logs/<label>.log``. On 2 cores two 1-thread runs do 1.28x the work of one 2-thread run
+    (``bench/results/study_jobs.json``: generation is a per-token Python loop one core serves). Every task runs to
+    its end; a failure is reported with its log's last lines once all have finished."""
+    # the thread count is part of a run's numerics (sampling follows float rounding): it depends on ``jobs`` only,
+    # so rerunning one seed of one arm with the study's ``jobs`` reproduces its per-update metrics
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    logs.mkdir(parents=True, exist_ok=True)
+    pending, running, failed = list(tasks), {}, []
+    with tqdm(total=len(tasks), desc=f"study runs ({jobs} at a time, {threads} thread(s) each)") as bar:
+        try:
+            _drive(pending, running, failed, jobs, env, logs, bar)
+        finally:  # interrupted: stop the workers too (each resumes from its last checkpoint next time)
+            for proc, log in running.values():
+                proc.terminate()
+                log.close()
+    if failed:
+        raise UsageError("study runs failed:\n" + "\n".join(failed))
+
+
+def _drive(pending, running, failed, jobs, env, logs, bar) -> None:
+    """`run_jobs`'s loop: keep ``jobs`` workers busy, collect each one's exit."""
+    while pending or running:
+        while pending and len(running) < jobs:
+            label, argv = pending.pop(0)
+            log = open(logs / f"{label}.log", "w", encoding="utf-8")
+            running[label] = (subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env), log)
+            bar.write(f"started {label} (log: {logs / f'{label}.log'})")
+        for label, (proc, log) in list(running.items()):
+            if proc.poll() is not None:
+                log.close()
+                del running[label]
+                bar.update(1)
+                if proc.returncode:
+                    tail = (logs / f"{label}.log").read_text(encoding="utf-8", errors="replace")[-1500:]
+                    failed.append(f"{label} (exit {proc.returncode}; log {logs / f'{label}.log'}):\n{tail}")
+        time.sleep(1.0)
+
+
 @door
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
@@ -341,25 +572,50 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_config_args(ap)
     ap.add_argument("--phase", choices=("warm", "pilot", "train", "eval", "summary"), required=True)
-    ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=["steppo", "ppo"])
+    ap.add_argument(
+        "--arms", nargs="*", choices=list(ARMS), default=["steppo", "ppo"], help="none: the warm start only (eval)"
+    )
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--lrs", nargs="+", type=float, default=list(PILOT_LRS), help="pilot actor learning rates")
     ap.add_argument("--stop-after", type=int, default=None, metavar="K", help="train: stop each run after update K")
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="pilot, train, eval: N runs (models) at once, each on cores / N threads",
+    )
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one run of a --jobs parent
+    ap.add_argument("--only", default=None, help=argparse.SUPPRESS)  # eval worker: this model only
     args = ap.parse_args(argv)
     if args.seed is not None:
         ap.error("the study runs several seeds: use --seeds S [S ...]")
+    if args.jobs < 1:
+        ap.error("--jobs must be at least 1")
     overrides = parse_cli_overrides(args.set)
     out = results_dir(args.profile, overrides)
+    if args.jobs > 1 and args.phase in ("pilot", "train", "eval"):
+        if args.phase == "eval":  # every model must be final before any worker starts
+            study_models(args.profile, args.arms, args.seeds, overrides)
+        run_jobs(study_jobs(args, args.jobs), args.jobs, get_config(args.profile, overrides).path("logs"))
+        if args.phase == "pilot":
+            print(f"pilot summary: {pilot_report(args.lrs, out)}")
+        elif args.phase == "eval":
+            for path in run_heldout(args.profile, args.arms, args.seeds, out, overrides):
+                print(f"predictions: {path}")
+        return 0
     if args.phase == "warm":
         print(f"warm starts: {compare_warm_starts(args.profile, out, overrides)}")
     elif args.phase == "pilot":
         for lr in args.lrs:
             print(f"pilot lr {lr:g}: {run_pilot(args.profile, lr, out, overrides)}", flush=True)
-        print(f"pilot summary: {pilot_report(args.lrs, out)}")
+        if not args.worker:  # a --jobs parent reports once every rate has run
+            print(f"pilot summary: {pilot_report(args.lrs, out)}")
     elif args.phase == "eval":
-        for path in run_heldout(args.profile, args.arms, args.seeds, out, overrides):
+        for path in run_heldout(args.profile, args.arms, args.seeds, out, overrides, only=args.only):
             print(f"predictions: {path}")
     elif args.phase == "summary":
+        print(f"movement: {movement_check(args.arms, args.seeds, out)}")
         print(f"summary: {summarize(args.arms, args.seeds, out)}")
         for figure in study_figures(args.arms, args.seeds, out):
             print(f"figure: {figure}")

@@ -285,6 +285,7 @@ def train(
             "time/step_s": time.perf_counter() - t0,
             "time/activation_checkpointing": float(actor.is_activation_checkpointing),
             "time/processes": world.size,
+            "time/torch_threads": torch.get_num_threads(),  # part of the numerics: sampling follows float rounding
             "memory/peak_rss_mb": peak_rss_mb(),
         }
         if world.is_main:

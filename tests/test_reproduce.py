@@ -87,3 +87,26 @@ def test_the_compare_door_says_whether_two_runs_agree(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == "differs: results.csv"
     assert main(["--compare", str(tmp_path / "a"), str(tmp_path / "missing")]) == 2
     assert "is not a run folder" in capsys.readouterr().err
+
+
+def test_the_cpu_local_run_is_the_quick_one_unless_full():
+    from stepsearch_lib.reproduce import QUICK, local_run_overrides
+
+    for profile, user, full, expected in (
+        ("cpu", {}, False, QUICK),
+        ("cpu", {"eval.questions_per_dataset": 20}, False, {**QUICK, "eval.questions_per_dataset": 20}),
+        ("cpu", {"train.steps": 3}, True, {"train.steps": 3}),
+        ("smoke", {}, False, {}),
+        ("gpu", {}, False, {}),
+    ):
+        assert local_run_overrides(profile, user, full) == expected, (profile, user, full)
+
+
+def test_write_back_is_for_the_profiles_whose_outputs_are_committed(capsys):
+    import pytest
+
+    from stepsearch_lib.reproduce import main
+
+    with pytest.raises(SystemExit):
+        main(["--profile", "gpu", "--write-back"])
+    assert "smoke and cpu" in capsys.readouterr().err

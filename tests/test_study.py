@@ -8,7 +8,7 @@ import pytest
 from stepsearch_lib import study
 from stepsearch_lib.config import get_config
 from stepsearch_lib.data import passage_key
-from stepsearch_lib.fileio import read_csv
+from stepsearch_lib.fileio import MissingInputError, read_csv
 from stepsearch_lib.heldout import METRICS, evaluate_heldout, heldout_gold
 from stepsearch_lib.retrieval import load_retriever
 
@@ -96,8 +96,6 @@ def csv_rows(path):
 
 
 def test_a_missing_run_names_the_command_that_evaluates_it(tmp_path):
-    from stepsearch_lib.fileio import MissingInputError
-
     with pytest.raises(MissingInputError, match="stepsearch study --phase eval"):
         study.summarize(["steppo"], [0], tmp_path)
 
@@ -129,3 +127,105 @@ def test_the_pilot_chooses_the_fastest_rising_rate_that_stays_near_the_warm_star
     assert study.choose_lr([{**rows[1e-4], "actor_lr": 1e-4, "kl_last5": 1.0, "reward_slope": 1.0}])[1].startswith(
         "no rate"
     )
+
+
+def write_run(folder, name, rewards, kls, frozen=2):
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [
+        {"step": i + 1, "reward/token_sum": r, "losses/kl_ref": k, "losses/actor_updated": float(i >= frozen)}
+        for i, (r, k) in enumerate(zip(rewards, kls))
+    ]
+    (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_the_movement_check_separates_a_moved_policy_from_estimator_noise(tmp_path):
+    """StePPO: KL grows to ~0.01 after the 2 frozen updates and the reward rises, in every seed; PPO: KL stays at the
+    frozen updates' noise (+-2e-4) and the reward is flat noise. By hand for StePPO seed 0: the last 10 KL values are
+    0.001 * (11..20) -> mean 0.0155; the slope of 0.3 + 0.01 i is 0.01."""
+    n, metrics = 20, tmp_path / "metrics"
+    for seed in (0, 1, 2):
+        noise = [2e-4 * (-1) ** (i + seed) for i in range(n)]
+        moved_kl = noise[:2] + [0.001 * (i + 1) + 0.0005 * seed for i in range(2, n)]
+        write_run(metrics, f"steppo-full-s{seed}-study", [0.3 + 0.01 * i + 0.02 * seed for i in range(n)], moved_kl)
+        write_run(metrics, f"ppo-global_only-s{seed}-study", [0.3 + 0.05 * (-1) ** (i + seed) for i in range(n)], noise)
+    rows = {(r["arm"], r["seed"]): r for r in read_csv(study.movement_check(["steppo", "ppo"], [0, 1, 2], tmp_path))}
+    assert float(rows[("steppo", "0")]["kl_last"]) == pytest.approx(0.0155)
+    assert float(rows[("steppo", "0")]["reward_slope"]) == pytest.approx(0.01)
+    assert float(rows[("steppo", "0")]["kl_floor"]) == pytest.approx(2e-4)
+    assert rows[("steppo", "mean")]["moved"] == "True" and rows[("steppo", "mean")]["rose"] == "True"
+    assert float(rows[("steppo", "mean")]["kl_last"]) == pytest.approx(0.0155 + 0.0005)  # seeds add 0, 5e-4, 1e-3
+    assert rows[("ppo", "mean")]["moved"] == "False" and rows[("ppo", "mean")]["rose"] == "False"
+    lo, hi = float(rows[("ppo", "mean")]["slope_lo"]), float(rows[("ppo", "mean")]["slope_hi"])
+    assert lo < 0 < hi
+    with pytest.raises(MissingInputError, match="--arms grpo --seeds 0"):
+        study.movement_check(["grpo"], [0], tmp_path)
+
+
+def test_each_run_publishes_its_resolved_config(tmp_path):
+    """Every section, the run's algorithm and reward, and the warm start relative to the run folder (portable)."""
+    cfg = get_config("smoke", {"artifact_root": str(tmp_path / "runs")}, seed=2)
+    cfg = study.apply_overrides(cfg, {"train.init_adapter": str(cfg.path("checkpoints", "sft-s0-abc"))})
+    path = study.publish_config(cfg, "ppo", "global_only", "study", tmp_path / "config")
+    assert path.name == "ppo-global_only-s2-study.json"
+    resolved = json.loads(path.read_text())
+    assert resolved["train"]["algo"] == "ppo" and resolved["reward"]["name"] == "global_only"
+    assert resolved["seed"] == 2 and resolved["train"]["init_adapter"] == "checkpoints/sft-s0-abc"
+    assert set(resolved) >= {"data", "model", "retrieval", "rollout", "reward", "ppo", "train", "eval"}
+
+
+def test_jobs_run_side_by_side_with_the_cores_split_and_failures_named(tmp_path):
+    import os
+    import sys
+
+    show = "import os, sys; print('threads', os.environ['OMP_NUM_THREADS']); sys.exit(int(sys.argv[1]))"
+    tasks = [(f"t{i}", [sys.executable, "-c", show, str(code)]) for i, code in enumerate((0, 0, 3))]
+    with pytest.raises(study.UsageError, match=r"t2 \(exit 3; log .*t2.log\)"):
+        study.run_jobs(tasks, 2, tmp_path / "logs")
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    assert [(tmp_path / "logs" / f"t{i}.log").read_text() for i in range(3)] == [f"threads {threads}\n"] * 3
+    study.run_jobs(tasks[:1], 2, tmp_path / "logs")  # one task: the same threads (they are part of its numerics)
+    assert (tmp_path / "logs" / "t0.log").read_text() == f"threads {threads}\n"
+
+
+def test_a_jobs_parent_splits_the_study_into_one_worker_per_run():
+    import argparse
+
+    args = argparse.Namespace(
+        profile="cpu", set=["train.steps=4"], phase="train", arms=["steppo", "ppo"], seeds=[0, 1], stop_after=2
+    )
+    tasks = study.study_jobs(args, 2)
+    assert [label for label, _ in tasks] == ["steppo-s0", "ppo-s0", "steppo-s1", "ppo-s1"]
+    argv = tasks[1][1]
+    assert argv[argv.index("--arms") + 1] == "ppo" and argv[argv.index("--seeds") + 1] == "0"
+    assert (
+        "--worker" in argv and argv[argv.index("--set") + 1] == "train.steps=4" and argv[-2:] == ["--stop-after", "2"]
+    )
+    pilot = study.study_jobs(argparse.Namespace(**{**vars(args), "phase": "pilot", "lrs": [2e-5, 1e-4]}), 2)
+    assert [label for label, _ in pilot] == ["pilot-lr2e-05", "pilot-lr0.0001"]
+    evals = study.study_jobs(argparse.Namespace(**{**vars(args), "phase": "eval"}), 2)
+    assert [argv[-1] for _, argv in evals] == ["warm", "steppo-s0", "ppo-s0", "steppo-s1", "ppo-s1"]
+
+
+def test_only_finished_runs_are_evaluated(tmp_path):
+    """A run stopped by --stop-after is not its final checkpoint: the eval phase names the command that finishes it."""
+    overrides = {"artifact_root": str(tmp_path / "runs")}
+    cfg = study.study_config("smoke", overrides, 0)
+    folder = cfg.path("checkpoints", "steppo-full-s0-study")
+    (folder / "step-000002").mkdir(parents=True)
+    (folder / "step-000002" / "state.json").write_text(json.dumps({"step": 2}))
+    (folder / "latest").write_text("step-000002")
+    with pytest.raises(MissingInputError, match=rf"has 2 of {cfg.train.steps} updates: .*--arms steppo --seeds 0"):
+        study.study_models("smoke", ["steppo"], [0], overrides)
+    with pytest.raises(MissingInputError, match="--arms ppo --seeds 0"):
+        study.study_models("smoke", ["ppo"], [0], overrides)
+
+
+def test_the_notebooks_see_what_the_study_has_committed_so_far(tmp_path):
+    assert study.committed_study(tmp_path)["missing"]["warm_starts"] == "make study PHASE=warm"
+    (tmp_path / "warm_starts.csv").write_text("warm_start,when,format_ok\nquestion,after,1.0\n")
+    for name in ("steppo-full-s1-study", "steppo-full-s0-study", "steppo-full-s0-pilot-lr2e-05"):
+        write_run(tmp_path / "metrics", name, [0.1, 0.2], [0.0, 0.0])
+    seen = study.committed_study(tmp_path)
+    assert seen["warm_starts"] == [{"warm_start": "question", "when": "after", "format_ok": "1.0"}]
+    assert [p.name for p in seen["curves"]["steppo"]] == ["steppo-full-s0-study.jsonl", "steppo-full-s1-study.jsonl"]
+    assert "ppo" not in seen["curves"] and set(seen["missing"]) == {"pilot", "movement", "summary"}
