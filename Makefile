@@ -86,6 +86,7 @@ lab: $(STAMP)
 		$(if $(filter 0,$(shell id -u)),--allow-root,)
 
 # the cpu study (resumable; any subset; JOBS runs at once): make study PHASE=warm | PHASE=pilot | ARMS=steppo SEEDS=0 STUDY_ARGS="--stop-after 20"
+# | PHASE=eval | PHASE=summary | PHASE=publish (the runs' metrics so far into results/cpu_study, to commit)
 study: $(STAMP)
 	$(BIN)/stepsearch study --profile cpu --phase $(PHASE) --arms $(ARMS) --seeds $(SEEDS) --jobs $(JOBS) $(STUDY_ARGS)
 

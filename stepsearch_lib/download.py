@@ -7,7 +7,6 @@ The catalogue of sources and the ``make data`` CLI live in :mod:`stepsearch_lib.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 import shutil
@@ -17,7 +16,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .fileio import atomic_path, write_json
+from .fileio import atomic_path, sha256_of, write_json
 
 LOCK_FILE = "checksums.json"
 """Per data root: relative path -> sha256, size, origin, time of every fetched file."""
@@ -36,14 +35,6 @@ def hub_url(repo_id: str, repo_type: str, filename: str) -> str:
     """Browser / curl URL of one hub file (what to fetch by hand)."""
     prefix = {"dataset": "datasets/", "space": "spaces/"}.get(repo_type, "")
     return f"https://huggingface.co/{prefix}{repo_id}/resolve/main/{filename}"
-
-
-def sha256_of(path: Path | str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---- checksum lock (trust on first use for sources that publish no digest) ----

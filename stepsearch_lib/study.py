@@ -15,6 +15,8 @@ Phases, each resumable and each runnable for any subset (``--arms``, ``--seeds``
 * ``summary`` ``results/cpu_study/movement.csv`` (did RL move each arm beyond seed noise: `movement_rows`) and
   ``summary.csv``: per arm, seed, dataset and metric the mean with its 95 % bootstrap interval over questions;
   StePPO - PPO and each arm - warm start paired over seeds and questions; the figures.
+* ``publish`` the metrics of every study and pilot run so far, finished or not, into the results (`publish_progress`):
+  what a session commits before it ends.
 * ``train`` every arm x seed for ``train.steps`` updates of ``train.questions_per_step`` questions (``STUDY``), the
   same warm start for all, seeds paired across arms (the same seed draws the same questions at every step)
   -> ``results/cpu_study/metrics/<run>.jsonl`` after every piece (``--stop-after K`` runs up to update K) and the
@@ -42,17 +44,27 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from .checkpoint import latest_checkpoint
-from .cli import UsageError, add_config_args, door
+from .cli import UsageError, add_config_args, door, stage_command
 from .config import get_config, to_dict
 from .evaluate import bootstrap_ci, load_model_for_eval
-from .fileio import MissingInputError, atomic_path, iter_json_records, read_csv, require, write_csv, write_jsonl
+from .fileio import (
+    MissingInputError,
+    atomic_path,
+    iter_json_records,
+    read_csv,
+    require,
+    sha256_of,
+    write_csv,
+    write_json,
+    write_jsonl,
+)
 from .heldout import METRICS, evaluate_heldout, heldout_sets, paired_bootstrap
 from .overrides import apply_overrides, parse_cli_overrides
 from .paths import PROJECT_ROOT
 from .plotting import plot_study_curves, plot_study_heldout
 from .profile_data import load_profile_corpus
 from .retrieval import profile_retriever
-from .sft import ensure_warm_start
+from .sft import ensure_warm_start, warm_start_dir, warm_start_report_path, warm_start_settings
 from .train import run_name, train
 
 RESULTS = PROJECT_ROOT / "results" / "cpu_study"
@@ -86,9 +98,12 @@ WARM_SEED = 0
 PILOT_STEPS = 15
 PILOT_LRS = (2e-5, 5e-5, 1e-4)
 PILOT_KL_MAX = 0.05
-"""Largest mean per-token KL to the warm start (``losses/kl_ref`` over a pilot's last 5 updates) a learning rate may
-reach: beyond it the policy leaves the protocol the warm start taught faster than the reward can say whether that
-helps (the released recipe's KL coefficient 0.001 makes the penalty itself negligible at this size)."""
+"""Largest per-token KL to the warm start (``losses/kl_ref``) a learning rate may reach in any of a pilot's last 5
+updates: beyond it the policy leaves the protocol the warm start taught faster than the reward can say whether that
+helps (the released recipe's KL coefficient 0.001 makes the penalty itself negligible at this size). Each of the
+last 5, not their mean: in the cpu pilot, lr 1e-4 kept a last-5 mean of 0.045 while its last three updates were
+0.056-0.078 and its policy had switched to one search per question (the redundancy penalty gone, the answer reward
+falling) -- a mean hides such a change of regime (rule tightened after that pilot; both columns are reported)."""
 HELDOUT_PER_DATASET = 100
 """Held-out questions per dev subset (all 125 of Bamboogle)."""
 
@@ -97,13 +112,77 @@ def study_config(profile: str, overrides: dict | None = None, seed: int = 0):
     return get_config(profile, {**STUDY, **(overrides or {})}, seed=seed)
 
 
+INPUT_DATA = ("stepsearch_train.jsonl", "stepsearch_dev.jsonl")
+"""The constructed questions (``runs/<profile>/data``) the warm start and every run draw from."""
+
+
 def warm_start_adapter(profile: str, overrides: dict | None = None) -> Path:
-    """The study's warm start (trained now unless a saved one with the same settings exists)."""
-    return Path(ensure_warm_start(study_config(profile, overrides, WARM_SEED))["adapter"])
+    """The study's warm start: restored from the committed inputs (`restore_inputs`), else trained now unless a saved
+    one with the same settings exists; a newly trained one is committed to the inputs (`publish_inputs`)."""
+    cfg = study_config(profile, overrides, WARM_SEED)
+    inputs = results_dir(profile, overrides) / "inputs"
+    restore_inputs(cfg, inputs)
+    ensure_warm_start(cfg)
+    publish_inputs(cfg, inputs)
+    return warm_start_dir(cfg)
+
+
+def publish_inputs(cfg, inputs: Path) -> Path:
+    """Commit what every study run shares, so that a fresh machine resumes the study instead of redoing an hour of
+    SFT: the warm start's adapter and report (``inputs/warm_start/<name>/``) and ``inputs/manifest.json`` with the
+    SHA-256 of each and of the constructed questions (those stay out of git: construction is deterministic and
+    `restore_inputs` checks its output). Nothing is written when a manifest exists; a different warm start (other
+    SFT settings) is not committed over it."""
+    manifest_path = inputs / "manifest.json"
+    if manifest_path.is_file():
+        return manifest_path
+    adapter = warm_start_dir(cfg)
+    files = {f"warm_start/{adapter.name}/{path.name}": path for path in sorted(adapter.iterdir())}
+    files[f"warm_start/{adapter.name}/report.json"] = warm_start_report_path(cfg)
+    for relative, source in files.items():
+        with atomic_path(inputs / relative) as tmp:
+            shutil.copyfile(source, tmp)
+    manifest = {
+        "warm_start": adapter.name,
+        "settings": warm_start_settings(cfg),
+        "data_sha256": {name: sha256_of(cfg.path("data", name)) for name in INPUT_DATA},
+        "sha256": {relative: sha256_of(inputs / relative) for relative in files},
+    }
+    return write_json(manifest_path, manifest)
+
+
+def restore_inputs(cfg, inputs: Path) -> None:
+    """Check and fill the run folder from the committed inputs (`publish_inputs`), if any: the constructed questions
+    must exist (`stepsearch construct` makes them) and match the committed digests (every run of the study trains on
+    the same questions: different ones are an error naming the file); the warm start and its report are copied in,
+    each checked against its SHA-256, when this config's warm start is the committed one and the run folder has none."""
+    manifest_path = inputs / "manifest.json"
+    if not manifest_path.is_file():
+        return
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    for name, digest in manifest["data_sha256"].items():
+        target = require(cfg.path("data", name), stage_command("construct", cfg))
+        if sha256_of(target) != digest:
+            raise UsageError(
+                f"{target} differs from the questions the study's runs train on (SHA-256 in {manifest_path}): "
+                f"rerun `{stage_command('construct', cfg)}`"
+            )
+    adapter = warm_start_dir(cfg)
+    if adapter.name != manifest["warm_start"] or (adapter / "adapter_config.json").is_file():
+        return
+    prefix = f"warm_start/{adapter.name}/"
+    for relative, digest in sorted(manifest["sha256"].items()):
+        source, name = inputs / relative, relative[len(prefix) :]
+        if sha256_of(source) != digest:
+            raise UsageError(f"{source} does not match its SHA-256 in {manifest_path}: restore it with git")
+        with atomic_path(warm_start_report_path(cfg) if name == "report.json" else adapter / name) as tmp:
+            shutil.copyfile(source, tmp)
 
 
 def compare_warm_starts(profile: str, out: Path, overrides: dict | None = None) -> Path:
     """Train (or reuse) both warm starts and write their dev-question rates side by side."""
+    study_cfg = study_config(profile, overrides, WARM_SEED)
+    restore_inputs(study_cfg, out / "inputs")
     rows = []
     for queries in ("gold", "question"):
         cfg = study_config(profile, {**(overrides or {}), "train.sft_queries": queries}, WARM_SEED)
@@ -124,6 +203,7 @@ def compare_warm_starts(profile: str, out: Path, overrides: dict | None = None) 
                     "adapter": Path(report["adapter"]).name,
                 }
             )
+    publish_inputs(study_cfg, out / "inputs")
     return write_csv(out / "warm_starts.csv", rows)
 
 
@@ -168,6 +248,25 @@ def run_pilot(profile: str, lr: float, out: Path, overrides: dict | None = None)
     return publish_metrics(train(cfg, "steppo", "full", tag=pilot_tag(lr)), out / "pilot")
 
 
+def publish_progress(
+    profile: str, arms, seeds, lrs, out: Path, overrides: dict | None = None
+) -> list[tuple[Path, int]]:
+    """Copy the metrics of every study run (``arms`` x ``seeds``) and pilot run (``lrs``) that has any into the
+    results (``metrics/``, ``pilot/``), finished or not, with the number of updates each holds: what a session
+    commits before it ends, so that the curves so far survive a fresh machine. A run resumed later recomputes its
+    lines after its last checkpoint (the same values: per-update randomness comes from (seed, update)) and
+    publishes again."""
+    folder = get_config(profile, overrides).path("metrics")
+    runs = [(run_name(*ARMS[arm], seed, "study"), "metrics") for seed in seeds for arm in arms]
+    runs += [(run_name("steppo", "full", 0, pilot_tag(lr)), "pilot") for lr in lrs]
+    published = []
+    for name, kind in runs:
+        if (folder / f"{name}.jsonl").is_file():
+            target = publish_metrics(folder / f"{name}.jsonl", out / kind)
+            published.append((target, sum(1 for _ in iter_json_records(target))))
+    return published
+
+
 def pilot_tag(lr: float) -> str:
     return f"pilot-lr{lr:g}"
 
@@ -200,13 +299,20 @@ def reward_trend(values) -> tuple[float, float, float]:
 
 def pilot_summary(runs: dict[float, Path]) -> list[dict]:
     """Per pilot learning rate: updates run, the training reward's trend (slope per update, 95 % interval), its mean
-    over the first and last 5 updates, and the KL to the warm start over the last 5 updates (mean) and at most."""
+    over the first and last 5 updates, the KL to the warm start over the last 5 updates (mean and largest) and at
+    most, and what the reward is made of at the start and the end (mean of the first and last 5 updates): the
+    global reward (``reward/final``) and the searches per question."""
     rows = []
     for lr, path in sorted(runs.items()):
         records = [r for _, r in iter_json_records(path)]
         reward = [r["reward/token_sum"] for r in records]
         kl = [r["losses/kl_ref"] for r in records]
         slope, lo, hi = reward_trend(reward)
+
+        def ends(key):
+            values = [r.get(key, float("nan")) for r in records]
+            return float(np.mean(values[:5])), float(np.mean(values[-5:]))
+
         rows.append(
             {
                 "actor_lr": lr,
@@ -217,7 +323,10 @@ def pilot_summary(runs: dict[float, Path]) -> list[dict]:
                 "reward_first5": float(np.mean(reward[:5])),
                 "reward_last5": float(np.mean(reward[-5:])),
                 "kl_last5": float(np.mean(kl[-5:])),
+                "kl_last5_max": float(np.max(kl[-5:])),
                 "kl_max": float(np.max(kl)),
+                **dict(zip(("global_first5", "global_last5"), ends("reward/final"))),
+                **dict(zip(("searches_first5", "searches_last5"), ends("rollout/num_searches"))),
             }
         )
     return rows
@@ -225,20 +334,21 @@ def pilot_summary(runs: dict[float, Path]) -> list[dict]:
 
 def choose_lr(rows: list[dict], kl_max: float = PILOT_KL_MAX) -> tuple[float, str]:
     """The study's actor learning rate from `pilot_summary` rows, and why: among the rates whose KL to the warm start
-    stays within ``kl_max``, the one whose training reward rises fastest; the smallest rate when none stays within.
+    stays within ``kl_max`` in each of the last 5 updates, the one whose training reward rises fastest; the smallest
+    rate when none stays within.
 
-    >>> choose_lr([{"actor_lr": 1e-5, "reward_slope": 0.01, "kl_last5": 0.01},
-    ...            {"actor_lr": 1e-4, "reward_slope": 0.05, "kl_last5": 0.2}])[0]
+    >>> choose_lr([{"actor_lr": 1e-5, "reward_slope": 0.01, "kl_last5_max": 0.01},
+    ...            {"actor_lr": 1e-4, "reward_slope": 0.05, "kl_last5_max": 0.2}])[0]
     1e-05
     """
-    within = [r for r in rows if r["kl_last5"] <= kl_max]
+    within = [r for r in rows if r["kl_last5_max"] <= kl_max]
     if not within:
         smallest = min(rows, key=lambda r: r["actor_lr"])
         return smallest["actor_lr"], f"no rate kept the KL to the warm start within {kl_max}: the smallest"
     best = max(within, key=lambda r: r["reward_slope"])
     return best["actor_lr"], (
         f"steepest training-reward trend ({best['reward_slope']:+.4f} per update) among the rates whose KL to the "
-        f"warm start stayed within {kl_max} over the last 5 updates"
+        f"warm start stayed within {kl_max} in each of the last 5 updates"
     )
 
 
@@ -565,13 +675,14 @@ def _drive(pending, running, failed, jobs, env, logs, bar) -> None:
 @door
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        description="The cpu study: StePPO vs PPO from one warm start, paired seeds (phases warm, pilot, train, eval, summary).",
+        description="The cpu study: StePPO vs PPO from one warm start, paired seeds (phases warm, pilot, train, eval, summary, "
+        "publish).",
         epilog="examples:\n  stepsearch study --phase warm\n  stepsearch study --phase pilot --lrs 5e-5\n"
         "  stepsearch study --phase train --arms steppo --seeds 0 --stop-after 20   (make study ARMS=steppo SEEDS=0)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_args(ap)
-    ap.add_argument("--phase", choices=("warm", "pilot", "train", "eval", "summary"), required=True)
+    ap.add_argument("--phase", choices=("warm", "pilot", "train", "eval", "summary", "publish"), required=True)
     ap.add_argument(
         "--arms", nargs="*", choices=list(ARMS), default=["steppo", "ppo"], help="none: the warm start only (eval)"
     )
@@ -614,6 +725,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.phase == "eval":
         for path in run_heldout(args.profile, args.arms, args.seeds, out, overrides, only=args.only):
             print(f"predictions: {path}")
+    elif args.phase == "publish":
+        for path, updates in publish_progress(args.profile, args.arms, args.seeds, args.lrs, out, overrides):
+            print(f"published {path} ({updates} updates)")
     elif args.phase == "summary":
         print(f"movement: {movement_check(args.arms, args.seeds, out)}")
         print(f"summary: {summarize(args.arms, args.seeds, out)}")

@@ -122,11 +122,23 @@ def test_the_pilot_chooses_the_fastest_rising_rate_that_stays_near_the_warm_star
     assert float(rows[2e-5]["reward_slope"]) == pytest.approx(0.001)
     assert float(rows[5e-5]["slope_lo"]) < 0.01 < float(rows[5e-5]["slope_hi"])
     assert float(rows[1e-4]["kl_last5"]) == pytest.approx(0.02 * 12)  # updates 11..15 -> i = 10..14, mean 12
+    assert float(rows[1e-4]["kl_last5_max"]) == pytest.approx(0.02 * 14)
     assert (tmp_path / "figures" / "pilot_curves.png").is_file()
     # every rate drifting: the smallest, and the reason says so
-    assert study.choose_lr([{**rows[1e-4], "actor_lr": 1e-4, "kl_last5": 1.0, "reward_slope": 1.0}])[1].startswith(
+    assert study.choose_lr([{**rows[1e-4], "actor_lr": 1e-4, "kl_last5_max": 1.0, "reward_slope": 1.0}])[1].startswith(
         "no rate"
     )
+
+
+def test_a_rate_whose_last_updates_leave_the_kl_bound_is_not_chosen_even_when_their_mean_stays_within(tmp_path):
+    """The cpu pilot's case: KL ~0.01 then 0.056-0.078 over the last three updates (last-5 mean 0.045 < 0.05)."""
+    n = 15
+    write_pilot(tmp_path / "pilot", 5e-5, [0.1 + 0.01 * i for i in range(n)], [0.002] * n)
+    kls = [0.001] * 10 + [0.013, 0.009, 0.056, 0.078, 0.077]
+    write_pilot(tmp_path / "pilot", 1e-4, [0.1 + 0.09 * i for i in range(n)], kls)
+    rows = {float(r["actor_lr"]): r for r in read_csv(study.pilot_report((5e-5, 1e-4), tmp_path))}
+    assert float(rows[1e-4]["kl_last5"]) == pytest.approx(0.0466) and float(rows[1e-4]["kl_last5_max"]) == 0.078
+    assert rows[5e-5]["chosen"] == "True" and rows[1e-4]["chosen"] == "False"
 
 
 def write_run(folder, name, rewards, kls, frozen=2):
@@ -229,3 +241,90 @@ def test_the_notebooks_see_what_the_study_has_committed_so_far(tmp_path):
     assert seen["warm_starts"] == [{"warm_start": "question", "when": "after", "format_ok": "1.0"}]
     assert [p.name for p in seen["curves"]["steppo"]] == ["steppo-full-s0-study.jsonl", "steppo-full-s1-study.jsonl"]
     assert "ppo" not in seen["curves"] and set(seen["missing"]) == {"pilot", "movement", "summary"}
+
+
+def fake_warm_start(cfg, weight: float):
+    """A run folder with constructed questions and a saved warm start (adapter files + report), as SFT leaves it."""
+    import torch
+    from safetensors.torch import save_file
+
+    from stepsearch_lib import sft
+
+    for name in study.INPUT_DATA:
+        path = cfg.path("data", name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"id": name, "question": "q?"}) + "\n")
+    adapter = sft.warm_start_dir(cfg)
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": cfg.model.lora_r}))
+    save_file({"lora_A.weight": torch.full((2, 3), weight)}, str(adapter / "adapter_model.safetensors"))
+    report = {"settings": sft.warm_start_settings(cfg), "adapter": str(adapter), "after": {"format_ok": 1.0}}
+    sft.warm_start_report_path(cfg).parent.mkdir(parents=True, exist_ok=True)
+    sft.warm_start_report_path(cfg).write_text(json.dumps(report))
+    return adapter
+
+
+def test_a_fresh_machine_resumes_from_the_committed_inputs(tmp_path):
+    """The warm start is committed once with the digests of the constructed questions; a fresh run folder gets the
+    warm start back (checked by SHA-256) instead of an hour of SFT, and missing or different questions or a damaged
+    commit are refused by name."""
+    from safetensors.torch import load_file
+
+    from stepsearch_lib import sft
+
+    inputs = tmp_path / "results" / "inputs"
+    first = study.study_config("smoke", {"artifact_root": str(tmp_path / "machine1")}, study.WARM_SEED)
+    adapter = fake_warm_start(first, 0.5)
+    manifest = study.publish_inputs(first, inputs)
+    committed = json.loads(manifest.read_text())
+    assert committed["warm_start"] == adapter.name
+    assert set(committed["data_sha256"]) == {"stepsearch_train.jsonl", "stepsearch_dev.jsonl"}
+    assert set(committed["sha256"]) == {
+        f"warm_start/{adapter.name}/adapter_config.json",
+        f"warm_start/{adapter.name}/adapter_model.safetensors",
+        f"warm_start/{adapter.name}/report.json",
+    }
+    assert not (inputs / "data").exists()  # the questions stay out of git: construction remakes them
+    other = study.study_config("smoke", {"artifact_root": str(tmp_path / "machine1"), "train.sft_lr": 1.0}, 0)
+    fake_warm_start(other, 9.0)
+    assert study.publish_inputs(other, inputs).read_text() == manifest.read_text()  # the first one stays committed
+
+    fresh = study.study_config("smoke", {"artifact_root": str(tmp_path / "machine2")}, study.WARM_SEED)
+    with pytest.raises(MissingInputError, match="stepsearch construct --profile smoke"):
+        study.restore_inputs(fresh, inputs)
+    for name in study.INPUT_DATA:  # construction on the fresh machine: the same questions
+        fresh.path("data", name).parent.mkdir(parents=True, exist_ok=True)
+        fresh.path("data", name).write_text(first.path("data", name).read_text())
+    study.restore_inputs(fresh, inputs)
+    restored = sft.warm_start_dir(fresh)
+    assert load_file(str(restored / "adapter_model.safetensors"))["lora_A.weight"].tolist() == [[0.5] * 3] * 2
+    assert sft.ensure_warm_start(fresh)["after"] == {"format_ok": 1.0}  # reused: no training
+    study.restore_inputs(fresh, inputs)  # idempotent
+
+    fresh.path("data", "stepsearch_train.jsonl").write_text('{"id": "other"}\n')
+    with pytest.raises(study.UsageError, match=r"stepsearch_train.jsonl differs from the questions the study's runs"):
+        study.restore_inputs(fresh, inputs)
+    third = study.study_config("smoke", {"artifact_root": str(tmp_path / "machine3")}, study.WARM_SEED)
+    for name in study.INPUT_DATA:
+        third.path("data", name).parent.mkdir(parents=True, exist_ok=True)
+        third.path("data", name).write_text(first.path("data", name).read_text())
+    (inputs / "warm_start" / adapter.name / "adapter_config.json").write_text("damaged\n")
+    with pytest.raises(study.UsageError, match=r"adapter_config.json does not match its SHA-256"):
+        study.restore_inputs(third, inputs)
+
+
+def test_the_runs_so_far_are_published_finished_or_not(tmp_path):
+    """What a session commits before it ends: every study and pilot run's metrics so far, with its update count."""
+    overrides = {"artifact_root": str(tmp_path / "runs")}
+    metrics = get_config("smoke", overrides).path("metrics")
+    write_run(metrics, "steppo-full-s1-study", [0.1, 0.2, 0.3], [0.0, 0.0, 0.01])
+    write_run(metrics, "steppo-full-s0-pilot-lr2e-05", [0.1], [0.0])
+    out = tmp_path / "results"
+    published = study.publish_progress("smoke", ["steppo", "ppo"], [0, 1], [2e-5, 1e-4], out, overrides)
+    assert [(p.relative_to(out).as_posix(), n) for p, n in published] == [
+        ("metrics/steppo-full-s1-study.jsonl", 3),
+        ("pilot/steppo-full-s0-pilot-lr2e-05.jsonl", 1),
+    ]
+    assert (out / "metrics" / "steppo-full-s1-study.jsonl").read_text() == (
+        metrics / "steppo-full-s1-study.jsonl"
+    ).read_text()
