@@ -311,7 +311,7 @@ def plot_study_curves(
         x = np.arange(1, steps + 1)
         for ax, (key, _) in zip(axes[0], keys):
             y = np.array([[s[i].get(key, np.nan) for i in range(steps)] for s in seeds], dtype=float)
-            (line,) = ax.plot(x, np.nanmean(y, 0), label=f"{label} ({len(seeds)} seeds)")
+            (line,) = ax.plot(x, np.nanmean(y, 0), label=f"{label} ({len(seeds)} seed{'s' * (len(seeds) > 1)})")
             ax.fill_between(x, np.nanmin(y, 0), np.nanmax(y, 0), color=line.get_color(), alpha=0.2)
     _label_panels(axes[0], keys)
     return _finish(fig, out_path, title)

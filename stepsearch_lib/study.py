@@ -33,18 +33,12 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-from scipy import stats
-from tqdm.auto import tqdm
-
 from .checkpoint import latest_checkpoint
-from .cli import UsageError, add_config_args, door, stage_command
+from .cli import add_config_args, door
 from .config import get_config, to_dict
 from .evaluate import bootstrap_ci, load_model_for_eval
 from .fileio import (
@@ -53,18 +47,19 @@ from .fileio import (
     iter_json_records,
     read_csv,
     require,
-    sha256_of,
     write_csv,
-    write_json,
     write_jsonl,
 )
 from .heldout import METRICS, evaluate_heldout, heldout_sets, paired_bootstrap
+from .jobs import run_jobs
 from .overrides import apply_overrides, parse_cli_overrides
 from .paths import PROJECT_ROOT
 from .plotting import plot_study_curves, plot_study_heldout
 from .profile_data import load_profile_corpus
 from .retrieval import profile_retriever
-from .sft import ensure_warm_start, warm_start_dir, warm_start_report_path, warm_start_settings
+from .sft import ensure_warm_start, warm_start_dir
+from .study_inputs import publish_inputs, restore_inputs
+from .study_stats import choose_lr, movement_rows, pilot_summary
 from .train import run_name, train
 
 RESULTS = PROJECT_ROOT / "results" / "cpu_study"
@@ -84,6 +79,7 @@ STUDY = {
     "train.questions_per_step": 8,
     "train.sft_queries": "question",  # the warm start with headroom (see the `warm` phase)
     "train.save_every": 5,
+    "ppo.actor_lr": 5e-5,  # the pilot's choice (results/cpu_study/pilot/summary.csv: `study_stats.choose_lr`)
     "reward.fidelity": "released",
 }
 """The study's settings over the profile (the caller's ``--set`` wins)."""
@@ -97,23 +93,12 @@ WARM_SEED = 0
 
 PILOT_STEPS = 15
 PILOT_LRS = (2e-5, 5e-5, 1e-4)
-PILOT_KL_MAX = 0.05
-"""Largest per-token KL to the warm start (``losses/kl_ref``) a learning rate may reach in any of a pilot's last 5
-updates: beyond it the policy leaves the protocol the warm start taught faster than the reward can say whether that
-helps (the released recipe's KL coefficient 0.001 makes the penalty itself negligible at this size). Each of the
-last 5, not their mean: in the cpu pilot, lr 1e-4 kept a last-5 mean of 0.045 while its last three updates were
-0.056-0.078 and its policy had switched to one search per question (the redundancy penalty gone, the answer reward
-falling) -- a mean hides such a change of regime (rule tightened after that pilot; both columns are reported)."""
 HELDOUT_PER_DATASET = 100
 """Held-out questions per dev subset (all 125 of Bamboogle)."""
 
 
 def study_config(profile: str, overrides: dict | None = None, seed: int = 0):
     return get_config(profile, {**STUDY, **(overrides or {})}, seed=seed)
-
-
-INPUT_DATA = ("stepsearch_train.jsonl", "stepsearch_dev.jsonl")
-"""The constructed questions (``runs/<profile>/data``) the warm start and every run draw from."""
 
 
 def warm_start_adapter(profile: str, overrides: dict | None = None) -> Path:
@@ -125,58 +110,6 @@ def warm_start_adapter(profile: str, overrides: dict | None = None) -> Path:
     ensure_warm_start(cfg)
     publish_inputs(cfg, inputs)
     return warm_start_dir(cfg)
-
-
-def publish_inputs(cfg, inputs: Path) -> Path:
-    """Commit what every study run shares, so that a fresh machine resumes the study instead of redoing an hour of
-    SFT: the warm start's adapter and report (``inputs/warm_start/<name>/``) and ``inputs/manifest.json`` with the
-    SHA-256 of each and of the constructed questions (those stay out of git: construction is deterministic and
-    `restore_inputs` checks its output). Nothing is written when a manifest exists; a different warm start (other
-    SFT settings) is not committed over it."""
-    manifest_path = inputs / "manifest.json"
-    if manifest_path.is_file():
-        return manifest_path
-    adapter = warm_start_dir(cfg)
-    files = {f"warm_start/{adapter.name}/{path.name}": path for path in sorted(adapter.iterdir())}
-    files[f"warm_start/{adapter.name}/report.json"] = warm_start_report_path(cfg)
-    for relative, source in files.items():
-        with atomic_path(inputs / relative) as tmp:
-            shutil.copyfile(source, tmp)
-    manifest = {
-        "warm_start": adapter.name,
-        "settings": warm_start_settings(cfg),
-        "data_sha256": {name: sha256_of(cfg.path("data", name)) for name in INPUT_DATA},
-        "sha256": {relative: sha256_of(inputs / relative) for relative in files},
-    }
-    return write_json(manifest_path, manifest)
-
-
-def restore_inputs(cfg, inputs: Path) -> None:
-    """Check and fill the run folder from the committed inputs (`publish_inputs`), if any: the constructed questions
-    must exist (`stepsearch construct` makes them) and match the committed digests (every run of the study trains on
-    the same questions: different ones are an error naming the file); the warm start and its report are copied in,
-    each checked against its SHA-256, when this config's warm start is the committed one and the run folder has none."""
-    manifest_path = inputs / "manifest.json"
-    if not manifest_path.is_file():
-        return
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    for name, digest in manifest["data_sha256"].items():
-        target = require(cfg.path("data", name), stage_command("construct", cfg))
-        if sha256_of(target) != digest:
-            raise UsageError(
-                f"{target} differs from the questions the study's runs train on (SHA-256 in {manifest_path}): "
-                f"rerun `{stage_command('construct', cfg)}`"
-            )
-    adapter = warm_start_dir(cfg)
-    if adapter.name != manifest["warm_start"] or (adapter / "adapter_config.json").is_file():
-        return
-    prefix = f"warm_start/{adapter.name}/"
-    for relative, digest in sorted(manifest["sha256"].items()):
-        source, name = inputs / relative, relative[len(prefix) :]
-        if sha256_of(source) != digest:
-            raise UsageError(f"{source} does not match its SHA-256 in {manifest_path}: restore it with git")
-        with atomic_path(warm_start_report_path(cfg) if name == "report.json" else adapter / name) as tmp:
-            shutil.copyfile(source, tmp)
 
 
 def compare_warm_starts(profile: str, out: Path, overrides: dict | None = None) -> Path:
@@ -278,80 +211,6 @@ PILOT_CURVE_KEYS = (
 """What the learning-rate choice reads (`choose_lr`), one panel each."""
 
 
-def reward_trend(values) -> tuple[float, float, float]:
-    r"""Least-squares slope of ``values`` per update and its 95 % interval (t quantile, n - 2 degrees of freedom):
-    $\hat\beta = \sum_i (x_i - \bar x)(y_i - \bar y) / \sum_i (x_i - \bar x)^2$, $\mathrm{se} = \sqrt{\sum_i e_i^2 /
-    ((n-2) \sum_i (x_i - \bar x)^2)}$.
-
-    >>> [round(v, 3) for v in reward_trend([0.0, 1.0, 2.0, 3.0])]
-    [1.0, 1.0, 1.0]
-    """
-    y = np.asarray(values, dtype=float)
-    x = np.arange(len(y), dtype=float)
-    if len(y) < 3:
-        return float("nan"), float("nan"), float("nan")
-    sxx = ((x - x.mean()) ** 2).sum()
-    slope = float(((x - x.mean()) * (y - y.mean())).sum() / sxx)
-    resid = y - (y.mean() + slope * (x - x.mean()))
-    half = float(stats.t.ppf(0.975, len(y) - 2) * np.sqrt((resid**2).sum() / ((len(y) - 2) * sxx)))
-    return slope, slope - half, slope + half
-
-
-def pilot_summary(runs: dict[float, Path]) -> list[dict]:
-    """Per pilot learning rate: updates run, the training reward's trend (slope per update, 95 % interval), its mean
-    over the first and last 5 updates, the KL to the warm start over the last 5 updates (mean and largest) and at
-    most, and what the reward is made of at the start and the end (mean of the first and last 5 updates): the
-    global reward (``reward/final``) and the searches per question."""
-    rows = []
-    for lr, path in sorted(runs.items()):
-        records = [r for _, r in iter_json_records(path)]
-        reward = [r["reward/token_sum"] for r in records]
-        kl = [r["losses/kl_ref"] for r in records]
-        slope, lo, hi = reward_trend(reward)
-
-        def ends(key):
-            values = [r.get(key, float("nan")) for r in records]
-            return float(np.mean(values[:5])), float(np.mean(values[-5:]))
-
-        rows.append(
-            {
-                "actor_lr": lr,
-                "updates": len(records),
-                "reward_slope": slope,
-                "slope_lo": lo,
-                "slope_hi": hi,
-                "reward_first5": float(np.mean(reward[:5])),
-                "reward_last5": float(np.mean(reward[-5:])),
-                "kl_last5": float(np.mean(kl[-5:])),
-                "kl_last5_max": float(np.max(kl[-5:])),
-                "kl_max": float(np.max(kl)),
-                **dict(zip(("global_first5", "global_last5"), ends("reward/final"))),
-                **dict(zip(("searches_first5", "searches_last5"), ends("rollout/num_searches"))),
-            }
-        )
-    return rows
-
-
-def choose_lr(rows: list[dict], kl_max: float = PILOT_KL_MAX) -> tuple[float, str]:
-    """The study's actor learning rate from `pilot_summary` rows, and why: among the rates whose KL to the warm start
-    stays within ``kl_max`` in each of the last 5 updates, the one whose training reward rises fastest; the smallest
-    rate when none stays within.
-
-    >>> choose_lr([{"actor_lr": 1e-5, "reward_slope": 0.01, "kl_last5_max": 0.01},
-    ...            {"actor_lr": 1e-4, "reward_slope": 0.05, "kl_last5_max": 0.2}])[0]
-    1e-05
-    """
-    within = [r for r in rows if r["kl_last5_max"] <= kl_max]
-    if not within:
-        smallest = min(rows, key=lambda r: r["actor_lr"])
-        return smallest["actor_lr"], f"no rate kept the KL to the warm start within {kl_max}: the smallest"
-    best = max(within, key=lambda r: r["reward_slope"])
-    return best["actor_lr"], (
-        f"steepest training-reward trend ({best['reward_slope']:+.4f} per update) among the rates whose KL to the "
-        f"warm start stayed within {kl_max} in each of the last 5 updates"
-    )
-
-
 def pilot_report(lrs, out: Path) -> Path:
     """``pilot/summary.csv`` (one row per rate, the chosen one marked, the reason) and ``figures/pilot_curves.png``
     from the pilot runs' published metrics."""
@@ -373,79 +232,6 @@ def pilot_report(lrs, out: Path) -> Path:
         title=f"Pilot: StePPO at three actor learning rates ({PILOT_STEPS} updates, seed 0)",
     )
     return write_csv(out / "pilot" / "summary.csv", rows)
-
-
-MOVEMENT_WINDOW = 10
-"""Updates averaged at the end of a run for its KL to the warm start (and at its start and end for the reward)."""
-
-
-def movement_rows(runs: dict[int, Path], arm: str) -> list[dict]:
-    r"""Did RL move ``arm``'s policy (``runs``: seed -> metrics JSONL) beyond seed-to-seed noise?
-
-    Per seed: the training reward's trend (`reward_trend`, 95 % interval over updates), its mean over the first and
-    last `MOVEMENT_WINDOW` updates, the KL to the warm start over the last window (``kl_last``) and the KL
-    estimator's *noise floor* ``kl_floor``: the largest $|\widehat{KL}|$ over the critic warm-up updates
-    (``losses/actor_updated`` = 0), where the policy still is the warm start. Per arm (seed ``"mean"``): the mean
-    over seeds with a t interval over seeds (n - 1 degrees of freedom): the seed-to-seed noise. The arm ``moved``
-    when its KL interval lies above every seed's floor; its reward ``rose`` when the slope interval lies above 0
-    (per seed: the seed's own KL and slope interval).
-    """
-    rows = []
-    for seed, path in sorted(runs.items()):
-        records = [r for _, r in iter_json_records(path)]
-        reward = [r["reward/token_sum"] for r in records]
-        kl = [r["losses/kl_ref"] for r in records]
-        frozen = [abs(r["losses/kl_ref"]) for r in records if not r.get("losses/actor_updated", 1.0)]
-        slope, lo, hi = reward_trend(reward)
-        w = MOVEMENT_WINDOW
-        rows.append(
-            {
-                "arm": arm,
-                "seed": seed,
-                "updates": len(records),
-                "reward_slope": slope,
-                "slope_lo": lo,
-                "slope_hi": hi,
-                "reward_first": float(np.mean(reward[:w])),
-                "reward_last": float(np.mean(reward[-w:])),
-                "kl_last": float(np.mean(kl[-w:])),
-                "kl_lo": float("nan"),
-                "kl_hi": float("nan"),
-                "kl_floor": max(frozen, default=float("nan")),
-            }
-        )
-        rows[-1]["moved"] = bool(rows[-1]["kl_last"] > rows[-1]["kl_floor"])
-        rows[-1]["rose"] = bool(lo > 0)
-
-    def over_seeds(key):
-        v = np.array([r[key] for r in rows], dtype=float)
-        if len(v) < 2:
-            return float(v.mean()), float("nan"), float("nan")
-        half = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
-        return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
-
-    slope, slope_lo, slope_hi = over_seeds("reward_slope")
-    kl, kl_lo, kl_hi = over_seeds("kl_last")
-    floor = max((r["kl_floor"] for r in rows if r["kl_floor"] == r["kl_floor"]), default=0.0)
-    rows.append(
-        {
-            "arm": arm,
-            "seed": "mean",
-            "updates": min(r["updates"] for r in rows),
-            "reward_slope": slope,
-            "slope_lo": slope_lo,
-            "slope_hi": slope_hi,
-            "reward_first": over_seeds("reward_first")[0],
-            "reward_last": over_seeds("reward_last")[0],
-            "kl_last": kl,
-            "kl_lo": kl_lo,
-            "kl_hi": kl_hi,
-            "kl_floor": floor,
-            "moved": bool(kl_lo > floor),
-            "rose": bool(slope_lo > 0),
-        }
-    )
-    return rows
 
 
 def movement_check(arms, seeds, out: Path) -> Path:
@@ -593,25 +379,6 @@ def committed_study(out: Path = RESULTS) -> dict:
     return {**found, "curves": curves, "missing": missing}
 
 
-def paired_table(summary_rows: list[dict], metrics=METRICS) -> list[dict]:
-    """The paired differences of ``summary.csv`` (StePPO - PPO, each arm - warm start) as one row per (comparison,
-    metric) and one ``"d [lo, hi] n=pairs"`` column per dataset.
-
-    >>> paired_table([{"arm": "steppo - ppo", "seed": "paired", "dataset": "bamboogle", "metric": "em", "n": "375",
-    ...                "value": "0.04", "lo": "-0.01", "hi": "0.09"}])
-    [{'comparison': 'steppo - ppo', 'metric': 'em', 'bamboogle': '+0.040 [-0.010, +0.090] n=375'}]
-    """
-    table: dict[tuple[str, str], dict] = {}
-    for r in summary_rows:
-        if r["seed"] != "paired" or r["metric"] not in metrics:
-            continue
-        row = table.setdefault((r["arm"], r["metric"]), {"comparison": r["arm"], "metric": r["metric"]})
-        d, lo, hi = (float(r[k]) for k in ("value", "lo", "hi"))
-        row[r["dataset"]] = f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}] n={r['n']}"
-    order = {m: i for i, m in enumerate(metrics)}
-    return sorted(table.values(), key=lambda row: (row["comparison"], order[row["metric"]]))
-
-
 def study_jobs(args, jobs: int) -> list[tuple[str, list[str]]]:
     """(label, argv) of the worker processes a ``--jobs`` run starts: one per pilot rate, per seed x arm of the
     train phase (seed-major: a partial study has both arms of its first seeds), or per model to evaluate."""
@@ -629,47 +396,6 @@ def study_jobs(args, jobs: int) -> list[tuple[str, list[str]]]:
         for seed in args.seeds
         for arm in args.arms
     ]
-
-
-def run_jobs(tasks: list[tuple[str, list[str]]], jobs: int, logs: Path) -> None:
-    """Run ``tasks`` as separate processes, ``jobs`` at a time, each with ``cores // jobs`` torch threads and its
-    output in ``logs/<label>.log``. On 2 cores two 1-thread runs do 1.28x the work of one 2-thread run
-    (``bench/results/study_jobs.json``: generation is a per-token Python loop one core serves). Every task runs to
-    its end; a failure is reported with its log's last lines once all have finished."""
-    # the thread count is part of a run's numerics (sampling follows float rounding): it depends on ``jobs`` only,
-    # so rerunning one seed of one arm with the study's ``jobs`` reproduces its per-update metrics
-    threads = str(max(1, (os.cpu_count() or 1) // jobs))
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    logs.mkdir(parents=True, exist_ok=True)
-    pending, running, failed = list(tasks), {}, []
-    with tqdm(total=len(tasks), desc=f"study runs ({jobs} at a time, {threads} thread(s) each)") as bar:
-        try:
-            _drive(pending, running, failed, jobs, env, logs, bar)
-        finally:  # interrupted: stop the workers too (each resumes from its last checkpoint next time)
-            for proc, log in running.values():
-                proc.terminate()
-                log.close()
-    if failed:
-        raise UsageError("study runs failed:\n" + "\n".join(failed))
-
-
-def _drive(pending, running, failed, jobs, env, logs, bar) -> None:
-    """`run_jobs`'s loop: keep ``jobs`` workers busy, collect each one's exit."""
-    while pending or running:
-        while pending and len(running) < jobs:
-            label, argv = pending.pop(0)
-            log = open(logs / f"{label}.log", "w", encoding="utf-8")
-            running[label] = (subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env), log)
-            bar.write(f"started {label} (log: {logs / f'{label}.log'})")
-        for label, (proc, log) in list(running.items()):
-            if proc.poll() is not None:
-                log.close()
-                del running[label]
-                bar.update(1)
-                if proc.returncode:
-                    tail = (logs / f"{label}.log").read_text(encoding="utf-8", errors="replace")[-1500:]
-                    failed.append(f"{label} (exit {proc.returncode}; log {logs / f'{label}.log'}):\n{tail}")
-        time.sleep(1.0)
 
 
 @door

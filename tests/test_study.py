@@ -2,10 +2,13 @@
 
 import json
 import math
+import os
+import sys
 
 import pytest
 
-from stepsearch_lib import study
+from stepsearch_lib import jobs, study, study_inputs, study_stats
+from stepsearch_lib.cli import UsageError
 from stepsearch_lib.config import get_config
 from stepsearch_lib.data import passage_key
 from stepsearch_lib.fileio import MissingInputError, read_csv
@@ -125,9 +128,9 @@ def test_the_pilot_chooses_the_fastest_rising_rate_that_stays_near_the_warm_star
     assert float(rows[1e-4]["kl_last5_max"]) == pytest.approx(0.02 * 14)
     assert (tmp_path / "figures" / "pilot_curves.png").is_file()
     # every rate drifting: the smallest, and the reason says so
-    assert study.choose_lr([{**rows[1e-4], "actor_lr": 1e-4, "kl_last5_max": 1.0, "reward_slope": 1.0}])[1].startswith(
-        "no rate"
-    )
+    assert study_stats.choose_lr([{**rows[1e-4], "actor_lr": 1e-4, "kl_last5_max": 1.0, "reward_slope": 1.0}])[
+        1
+    ].startswith("no rate")
 
 
 def test_a_rate_whose_last_updates_leave_the_kl_bound_is_not_chosen_even_when_their_mean_stays_within(tmp_path):
@@ -186,16 +189,13 @@ def test_each_run_publishes_its_resolved_config(tmp_path):
 
 
 def test_jobs_run_side_by_side_with_the_cores_split_and_failures_named(tmp_path):
-    import os
-    import sys
-
     show = "import os, sys; print('threads', os.environ['OMP_NUM_THREADS']); sys.exit(int(sys.argv[1]))"
     tasks = [(f"t{i}", [sys.executable, "-c", show, str(code)]) for i, code in enumerate((0, 0, 3))]
-    with pytest.raises(study.UsageError, match=r"t2 \(exit 3; log .*t2.log\)"):
-        study.run_jobs(tasks, 2, tmp_path / "logs")
+    with pytest.raises(UsageError, match=r"t2 \(exit 3; log .*t2.log\)"):
+        jobs.run_jobs(tasks, 2, tmp_path / "logs")
     threads = max(1, (os.cpu_count() or 1) // 2)
     assert [(tmp_path / "logs" / f"t{i}.log").read_text() for i in range(3)] == [f"threads {threads}\n"] * 3
-    study.run_jobs(tasks[:1], 2, tmp_path / "logs")  # one task: the same threads (they are part of its numerics)
+    jobs.run_jobs(tasks[:1], 2, tmp_path / "logs")  # one task: the same threads (they are part of its numerics)
     assert (tmp_path / "logs" / "t0.log").read_text() == f"threads {threads}\n"
 
 
@@ -250,7 +250,7 @@ def fake_warm_start(cfg, weight: float):
 
     from stepsearch_lib import sft
 
-    for name in study.INPUT_DATA:
+    for name in study_inputs.INPUT_DATA:
         path = cfg.path("data", name)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"id": name, "question": "q?"}) + "\n")
@@ -275,7 +275,7 @@ def test_a_fresh_machine_resumes_from_the_committed_inputs(tmp_path):
     inputs = tmp_path / "results" / "inputs"
     first = study.study_config("smoke", {"artifact_root": str(tmp_path / "machine1")}, study.WARM_SEED)
     adapter = fake_warm_start(first, 0.5)
-    manifest = study.publish_inputs(first, inputs)
+    manifest = study_inputs.publish_inputs(first, inputs)
     committed = json.loads(manifest.read_text())
     assert committed["warm_start"] == adapter.name
     assert set(committed["data_sha256"]) == {"stepsearch_train.jsonl", "stepsearch_dev.jsonl"}
@@ -287,30 +287,32 @@ def test_a_fresh_machine_resumes_from_the_committed_inputs(tmp_path):
     assert not (inputs / "data").exists()  # the questions stay out of git: construction remakes them
     other = study.study_config("smoke", {"artifact_root": str(tmp_path / "machine1"), "train.sft_lr": 1.0}, 0)
     fake_warm_start(other, 9.0)
-    assert study.publish_inputs(other, inputs).read_text() == manifest.read_text()  # the first one stays committed
+    assert (
+        study_inputs.publish_inputs(other, inputs).read_text() == manifest.read_text()
+    )  # the first one stays committed
 
     fresh = study.study_config("smoke", {"artifact_root": str(tmp_path / "machine2")}, study.WARM_SEED)
     with pytest.raises(MissingInputError, match="stepsearch construct --profile smoke"):
-        study.restore_inputs(fresh, inputs)
-    for name in study.INPUT_DATA:  # construction on the fresh machine: the same questions
+        study_inputs.restore_inputs(fresh, inputs)
+    for name in study_inputs.INPUT_DATA:  # construction on the fresh machine: the same questions
         fresh.path("data", name).parent.mkdir(parents=True, exist_ok=True)
         fresh.path("data", name).write_text(first.path("data", name).read_text())
-    study.restore_inputs(fresh, inputs)
+    study_inputs.restore_inputs(fresh, inputs)
     restored = sft.warm_start_dir(fresh)
     assert load_file(str(restored / "adapter_model.safetensors"))["lora_A.weight"].tolist() == [[0.5] * 3] * 2
     assert sft.ensure_warm_start(fresh)["after"] == {"format_ok": 1.0}  # reused: no training
-    study.restore_inputs(fresh, inputs)  # idempotent
+    study_inputs.restore_inputs(fresh, inputs)  # idempotent
 
     fresh.path("data", "stepsearch_train.jsonl").write_text('{"id": "other"}\n')
-    with pytest.raises(study.UsageError, match=r"stepsearch_train.jsonl differs from the questions the study's runs"):
-        study.restore_inputs(fresh, inputs)
+    with pytest.raises(UsageError, match=r"stepsearch_train.jsonl differs from the questions the study's runs"):
+        study_inputs.restore_inputs(fresh, inputs)
     third = study.study_config("smoke", {"artifact_root": str(tmp_path / "machine3")}, study.WARM_SEED)
-    for name in study.INPUT_DATA:
+    for name in study_inputs.INPUT_DATA:
         third.path("data", name).parent.mkdir(parents=True, exist_ok=True)
         third.path("data", name).write_text(first.path("data", name).read_text())
     (inputs / "warm_start" / adapter.name / "adapter_config.json").write_text("damaged\n")
-    with pytest.raises(study.UsageError, match=r"adapter_config.json does not match its SHA-256"):
-        study.restore_inputs(third, inputs)
+    with pytest.raises(UsageError, match=r"adapter_config.json does not match its SHA-256"):
+        study_inputs.restore_inputs(third, inputs)
 
 
 def test_the_runs_so_far_are_published_finished_or_not(tmp_path):

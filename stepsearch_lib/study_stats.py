@@ -1,0 +1,187 @@
+"""The study's statistics over per-update metrics and summary rows (pure: files or rows in, numbers out): the
+reward trend and its interval, the pilot's learning-rate choice, the movement check (did RL move the policy beyond
+seed-to-seed noise?), and the paired held-out table the notebooks show."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from .fileio import iter_json_records
+from .heldout import METRICS
+
+PILOT_KL_MAX = 0.05
+"""Largest per-token KL to the warm start (``losses/kl_ref``) a learning rate may reach in any of a pilot's last 5
+updates: beyond it the policy leaves the protocol the warm start taught faster than the reward can say whether that
+helps (the released recipe's KL coefficient 0.001 makes the penalty itself negligible at this size). Each of the
+last 5, not their mean: in the cpu pilot, lr 1e-4 kept a last-5 mean of 0.045 while its last three updates were
+0.056-0.078 and its policy had switched to one search per question (the redundancy penalty gone, the answer reward
+falling) -- a mean hides such a change of regime (rule tightened after that pilot; both columns are reported)."""
+
+
+def reward_trend(values) -> tuple[float, float, float]:
+    r"""Least-squares slope of ``values`` per update and its 95 % interval (t quantile, n - 2 degrees of freedom):
+    $\hat\beta = \sum_i (x_i - \bar x)(y_i - \bar y) / \sum_i (x_i - \bar x)^2$, $\mathrm{se} = \sqrt{\sum_i e_i^2 /
+    ((n-2) \sum_i (x_i - \bar x)^2)}$.
+
+    >>> [round(v, 3) for v in reward_trend([0.0, 1.0, 2.0, 3.0])]
+    [1.0, 1.0, 1.0]
+    """
+    y = np.asarray(values, dtype=float)
+    x = np.arange(len(y), dtype=float)
+    if len(y) < 3:
+        return float("nan"), float("nan"), float("nan")
+    sxx = ((x - x.mean()) ** 2).sum()
+    slope = float(((x - x.mean()) * (y - y.mean())).sum() / sxx)
+    resid = y - (y.mean() + slope * (x - x.mean()))
+    half = float(stats.t.ppf(0.975, len(y) - 2) * np.sqrt((resid**2).sum() / ((len(y) - 2) * sxx)))
+    return slope, slope - half, slope + half
+
+
+def pilot_summary(runs: dict[float, Path]) -> list[dict]:
+    """Per pilot learning rate: updates run, the training reward's trend (slope per update, 95 % interval), its mean
+    over the first and last 5 updates, the KL to the warm start over the last 5 updates (mean and largest) and at
+    most, and what the reward is made of at the start and the end (mean of the first and last 5 updates): the
+    global reward (``reward/final``) and the searches per question."""
+    rows = []
+    for lr, path in sorted(runs.items()):
+        records = [r for _, r in iter_json_records(path)]
+        reward = [r["reward/token_sum"] for r in records]
+        kl = [r["losses/kl_ref"] for r in records]
+        slope, lo, hi = reward_trend(reward)
+
+        def ends(key):
+            values = [r.get(key, float("nan")) for r in records]
+            return float(np.mean(values[:5])), float(np.mean(values[-5:]))
+
+        rows.append(
+            {
+                "actor_lr": lr,
+                "updates": len(records),
+                "reward_slope": slope,
+                "slope_lo": lo,
+                "slope_hi": hi,
+                "reward_first5": float(np.mean(reward[:5])),
+                "reward_last5": float(np.mean(reward[-5:])),
+                "kl_last5": float(np.mean(kl[-5:])),
+                "kl_last5_max": float(np.max(kl[-5:])),
+                "kl_max": float(np.max(kl)),
+                **dict(zip(("global_first5", "global_last5"), ends("reward/final"))),
+                **dict(zip(("searches_first5", "searches_last5"), ends("rollout/num_searches"))),
+            }
+        )
+    return rows
+
+
+def choose_lr(rows: list[dict], kl_max: float = PILOT_KL_MAX) -> tuple[float, str]:
+    """The study's actor learning rate from `pilot_summary` rows, and why: among the rates whose KL to the warm start
+    stays within ``kl_max`` in each of the last 5 updates, the one whose training reward rises fastest; the smallest
+    rate when none stays within.
+
+    >>> choose_lr([{"actor_lr": 1e-5, "reward_slope": 0.01, "kl_last5_max": 0.01},
+    ...            {"actor_lr": 1e-4, "reward_slope": 0.05, "kl_last5_max": 0.2}])[0]
+    1e-05
+    """
+    within = [r for r in rows if r["kl_last5_max"] <= kl_max]
+    if not within:
+        smallest = min(rows, key=lambda r: r["actor_lr"])
+        return smallest["actor_lr"], f"no rate kept the KL to the warm start within {kl_max}: the smallest"
+    best = max(within, key=lambda r: r["reward_slope"])
+    return best["actor_lr"], (
+        f"steepest training-reward trend ({best['reward_slope']:+.4f} per update) among the rates whose KL to the "
+        f"warm start stayed within {kl_max} in each of the last 5 updates"
+    )
+
+
+MOVEMENT_WINDOW = 10
+"""Updates averaged at the end of a run for its KL to the warm start (and at its start and end for the reward)."""
+
+
+def movement_rows(runs: dict[int, Path], arm: str) -> list[dict]:
+    r"""Did RL move ``arm``'s policy (``runs``: seed -> metrics JSONL) beyond seed-to-seed noise?
+
+    Per seed: the training reward's trend (`reward_trend`, 95 % interval over updates), its mean over the first and
+    last `MOVEMENT_WINDOW` updates, the KL to the warm start over the last window (``kl_last``) and the KL
+    estimator's *noise floor* ``kl_floor``: the largest $|\widehat{KL}|$ over the critic warm-up updates
+    (``losses/actor_updated`` = 0), where the policy still is the warm start. Per arm (seed ``"mean"``): the mean
+    over seeds with a t interval over seeds (n - 1 degrees of freedom): the seed-to-seed noise. The arm ``moved``
+    when its KL interval lies above every seed's floor; its reward ``rose`` when the slope interval lies above 0
+    (per seed: the seed's own KL and slope interval).
+    """
+    rows = []
+    for seed, path in sorted(runs.items()):
+        records = [r for _, r in iter_json_records(path)]
+        reward = [r["reward/token_sum"] for r in records]
+        kl = [r["losses/kl_ref"] for r in records]
+        frozen = [abs(r["losses/kl_ref"]) for r in records if not r.get("losses/actor_updated", 1.0)]
+        slope, lo, hi = reward_trend(reward)
+        w = MOVEMENT_WINDOW
+        rows.append(
+            {
+                "arm": arm,
+                "seed": seed,
+                "updates": len(records),
+                "reward_slope": slope,
+                "slope_lo": lo,
+                "slope_hi": hi,
+                "reward_first": float(np.mean(reward[:w])),
+                "reward_last": float(np.mean(reward[-w:])),
+                "kl_last": float(np.mean(kl[-w:])),
+                "kl_lo": float("nan"),
+                "kl_hi": float("nan"),
+                "kl_floor": max(frozen, default=float("nan")),
+            }
+        )
+        rows[-1]["moved"] = bool(rows[-1]["kl_last"] > rows[-1]["kl_floor"])
+        rows[-1]["rose"] = bool(lo > 0)
+
+    def over_seeds(key):
+        v = np.array([r[key] for r in rows], dtype=float)
+        if len(v) < 2:
+            return float(v.mean()), float("nan"), float("nan")
+        half = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+        return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
+
+    slope, slope_lo, slope_hi = over_seeds("reward_slope")
+    kl, kl_lo, kl_hi = over_seeds("kl_last")
+    floor = max((r["kl_floor"] for r in rows if r["kl_floor"] == r["kl_floor"]), default=0.0)
+    rows.append(
+        {
+            "arm": arm,
+            "seed": "mean",
+            "updates": min(r["updates"] for r in rows),
+            "reward_slope": slope,
+            "slope_lo": slope_lo,
+            "slope_hi": slope_hi,
+            "reward_first": over_seeds("reward_first")[0],
+            "reward_last": over_seeds("reward_last")[0],
+            "kl_last": kl,
+            "kl_lo": kl_lo,
+            "kl_hi": kl_hi,
+            "kl_floor": floor,
+            "moved": bool(kl_lo > floor),
+            "rose": bool(slope_lo > 0),
+        }
+    )
+    return rows
+
+
+def paired_table(summary_rows: list[dict], metrics=METRICS) -> list[dict]:
+    """The paired differences of ``summary.csv`` (StePPO - PPO, each arm - warm start) as one row per (comparison,
+    metric) and one ``"d [lo, hi] n=pairs"`` column per dataset.
+
+    >>> paired_table([{"arm": "steppo - ppo", "seed": "paired", "dataset": "bamboogle", "metric": "em", "n": "375",
+    ...                "value": "0.04", "lo": "-0.01", "hi": "0.09"}])
+    [{'comparison': 'steppo - ppo', 'metric': 'em', 'bamboogle': '+0.040 [-0.010, +0.090] n=375'}]
+    """
+    table: dict[tuple[str, str], dict] = {}
+    for r in summary_rows:
+        if r["seed"] != "paired" or r["metric"] not in metrics:
+            continue
+        row = table.setdefault((r["arm"], r["metric"]), {"comparison": r["arm"], "metric": r["metric"]})
+        d, lo, hi = (float(r[k]) for k in ("value", "lo", "hi"))
+        row[r["dataset"]] = f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}] n={r['n']}"
+    order = {m: i for i, m in enumerate(metrics)}
+    return sorted(table.values(), key=lambda row: (row["comparison"], order[row["metric"]]))
