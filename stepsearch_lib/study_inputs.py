@@ -24,7 +24,7 @@ def publish_inputs(cfg, inputs: Path) -> Path:
     `restore_inputs` checks its output). Nothing is written when a manifest exists; a different warm start (other
     SFT settings) is not committed over it."""
     manifest_path = inputs / "manifest.json"
-    if manifest_path.is_file():
+    if manifest_path.is_file():  # committed once: a second warm start never replaces the one the runs started from
         return manifest_path
     adapter = warm_start_dir(cfg)
     files = {f"warm_start/{adapter.name}/{path.name}": path for path in sorted(adapter.iterdir())}
@@ -50,6 +50,7 @@ def restore_inputs(cfg, inputs: Path) -> None:
     if not manifest_path.is_file():
         return
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    # the questions first: a warm start restored beside different questions would pair runs that saw other data
     for name, digest in manifest["data_sha256"].items():
         target = require(cfg.path("data", name), stage_command("construct", cfg))
         if sha256_of(target) != digest:
@@ -59,7 +60,7 @@ def restore_inputs(cfg, inputs: Path) -> None:
             )
     adapter = warm_start_dir(cfg)
     if adapter.name != manifest["warm_start"] or (adapter / "adapter_config.json").is_file():
-        return
+        return  # other SFT settings (their own warm start), or already here: nothing to copy
     prefix = f"warm_start/{adapter.name}/"
     for relative, digest in sorted(manifest["sha256"].items()):
         source, name = inputs / relative, relative[len(prefix) :]

@@ -31,7 +31,7 @@ def reward_trend(values) -> tuple[float, float, float]:
     """
     y = np.asarray(values, dtype=float)
     x = np.arange(len(y), dtype=float)
-    if len(y) < 3:
+    if len(y) < 3:  # two points fit a line exactly: no residual left to estimate the slope's noise
         return float("nan"), float("nan"), float("nan")
     sxx = ((x - x.mean()) ** 2).sum()
     slope = float(((x - x.mean()) * (y - y.mean())).sum() / sxx)
@@ -48,10 +48,12 @@ def pilot_summary(runs: dict[float, Path]) -> list[dict]:
     rows = []
     for lr, path in sorted(runs.items()):
         records = [r for _, r in iter_json_records(path)]
+        # the reward the actor maximises: every token's reward (step rewards + the global one) summed per episode
         reward = [r["reward/token_sum"] for r in records]
         kl = [r["losses/kl_ref"] for r in records]
         slope, lo, hi = reward_trend(reward)
 
+        # what the sum is made of at each end: a rising sum with a falling global reward is step-reward gaming
         def ends(key):
             values = [r.get(key, float("nan")) for r in records]
             return float(np.mean(values[:5])), float(np.mean(values[-5:]))
@@ -84,6 +86,7 @@ def choose_lr(rows: list[dict], kl_max: float = PILOT_KL_MAX) -> tuple[float, st
     ...            {"actor_lr": 1e-4, "reward_slope": 0.05, "kl_last5_max": 0.2}])[0]
     1e-05
     """
+    # the KL bound first: a fast-rising reward far from the warm start may be a new regime, not learning
     within = [r for r in rows if r["kl_last5_max"] <= kl_max]
     if not within:
         smallest = min(rows, key=lambda r: r["actor_lr"])
@@ -115,6 +118,7 @@ def movement_rows(runs: dict[int, Path], arm: str) -> list[dict]:
         records = [r for _, r in iter_json_records(path)]
         reward = [r["reward/token_sum"] for r in records]
         kl = [r["losses/kl_ref"] for r in records]
+        # before the actor's first step the policy *is* the reference: |KL| there is rounding and estimator noise
         frozen = [abs(r["losses/kl_ref"]) for r in records if not r.get("losses/actor_updated", 1.0)]
         slope, lo, hi = reward_trend(reward)
         w = MOVEMENT_WINDOW
@@ -144,6 +148,7 @@ def movement_rows(runs: dict[int, Path], arm: str) -> list[dict]:
         half = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
         return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
 
+    # the arm: a t interval over its seeds (each seed one number) must clear 0 (reward) and every seed's floor (KL)
     slope, slope_lo, slope_hi = over_seeds("reward_slope")
     kl, kl_lo, kl_hi = over_seeds("kl_last")
     floor = max((r["kl_floor"] for r in rows if r["kl_floor"] == r["kl_floor"]), default=0.0)
@@ -178,7 +183,7 @@ def paired_table(summary_rows: list[dict], metrics=METRICS) -> list[dict]:
     """
     table: dict[tuple[str, str], dict] = {}
     for r in summary_rows:
-        if r["seed"] != "paired" or r["metric"] not in metrics:
+        if r["seed"] != "paired" or r["metric"] not in metrics:  # per-seed rows are the arms' levels, not differences
             continue
         row = table.setdefault((r["arm"], r["metric"]), {"comparison": r["arm"], "metric": r["metric"]})
         d, lo, hi = (float(r[k]) for k in ("value", "lo", "hi"))
