@@ -15,8 +15,8 @@ from .cli import UsageError
 
 def run_jobs(tasks: list[tuple[str, list[str]]], jobs: int, logs: Path) -> None:
     """Run ``tasks`` as separate processes, ``jobs`` at a time, each with ``cores // jobs`` torch threads and its
-    output in ``logs/<label>.log``. On 2 cores two 1-thread runs did 1.28x the work of one 2-thread run
-    (``python -m bench study_jobs``: generation is a per-token Python loop one core serves). Every task runs to
+    output in ``logs/<label>.log``. On 2 cores two 1-thread runs do 1.11x the work of one 2-thread run
+    (``bench/results/study_jobs.json``: generation is a per-token Python loop one core serves). Every task runs to
     its end; a failure is reported with its log's last lines once all have finished."""
     # the thread count is part of a run's numerics (sampling follows float rounding): it depends on ``jobs`` only,
     # so rerunning one seed of one arm with the study's ``jobs`` reproduces its per-update metrics
