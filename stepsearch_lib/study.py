@@ -40,7 +40,7 @@ from pathlib import Path
 from .checkpoint import latest_checkpoint
 from .cli import add_config_args, door
 from .config import get_config, to_dict
-from .evaluate import bootstrap_ci, load_model_for_eval
+from .evaluate import load_model_for_eval
 from .fileio import (
     MissingInputError,
     atomic_path,
@@ -50,7 +50,7 @@ from .fileio import (
     write_csv,
     write_jsonl,
 )
-from .heldout import METRICS, evaluate_heldout, heldout_sets, paired_bootstrap
+from .heldout import evaluate_heldout, heldout_sets
 from .jobs import run_jobs
 from .overrides import apply_overrides, parse_cli_overrides
 from .paths import PROJECT_ROOT
@@ -59,7 +59,7 @@ from .profile_data import load_profile_corpus
 from .retrieval import profile_retriever
 from .sft import ensure_warm_start, warm_start_dir
 from .study_inputs import publish_inputs, restore_inputs
-from .study_stats import choose_lr, movement_rows, pilot_summary
+from .study_stats import choose_lr, movement_rows, pilot_summary, summarize
 from .train import run_name, train
 
 RESULTS = PROJECT_ROOT / "results" / "cpu_study"
@@ -293,42 +293,6 @@ def run_heldout(
             rows += [r for _, r in iter_json_records(part)]
         written.append(write_jsonl(target, rows))
     return written
-
-
-def summarize(arms, seeds, out: Path, n_samples: int = 2000) -> Path:
-    """``summary.csv`` from the committed predictions: per (arm, seed, dataset, metric) value and interval; paired
-    differences (StePPO - PPO, arm - warm start) over seeds and questions."""
-
-    def load(name):
-        path = require(out / "predictions" / f"{name}.jsonl", "stepsearch study --phase eval")
-        return [r for _, r in iter_json_records(path)]
-
-    warm = load("warm")
-    # arm -> seed -> predictions; the warm start stands in for every seed when an arm is paired with it
-    preds = {"warm": dict.fromkeys(seeds, warm), **{arm: {s: load(f"{arm}-s{s}") for s in seeds} for arm in arms}}
-    datasets = sorted({r["dataset"] for r in warm})
-
-    def row(arm, seed, ds, metric, n, value, lo, hi):
-        return {"arm": arm, "seed": seed, "dataset": ds, "n": n, "metric": metric, "value": value, "lo": lo, "hi": hi}
-
-    def keyed(arm, ds, metric):
-        return {(s, r["id"]): r[metric] for s, rs in preds[arm].items() for r in rs if r["dataset"] == ds}
-
-    rows = []
-    for arm, seed, rs in [("warm", "-", warm)] + [(a, s, preds[a][s]) for a in arms for s in seeds]:
-        for ds in datasets:
-            for metric in METRICS:
-                values = [r[metric] for r in rs if r["dataset"] == ds and r[metric] == r[metric]]  # NaN: no gold
-                if values:
-                    rows.append(row(arm, seed, ds, metric, len(values), *bootstrap_ci(values, n_samples)))
-    pairs = [(a, "warm") for a in arms] + ([("steppo", "ppo")] if {"steppo", "ppo"} <= set(arms) else [])
-    for left, right in pairs:
-        for ds in datasets:
-            for metric in METRICS:
-                d, lo, hi, n = paired_bootstrap(keyed(left, ds, metric), keyed(right, ds, metric), n_samples)
-                if n:
-                    rows.append(row(f"{left} - {right}", "paired", ds, metric, n, d, lo, hi))
-    return write_csv(out / "summary.csv", rows)
 
 
 def study_figures(arms, seeds, out: Path) -> list[Path]:

@@ -1,6 +1,7 @@
 """The study's statistics over per-update metrics and summary rows (pure: files or rows in, numbers out): the
 reward trend and its interval, the pilot's learning-rate choice, the movement check (did RL move the policy beyond
-seed-to-seed noise?), and the paired held-out table the notebooks show."""
+seed-to-seed noise?), the held-out summary with its paired differences (`summarize`), and the table the notebooks
+show."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from .fileio import iter_json_records
-from .heldout import METRICS
+from .evaluate import bootstrap_ci
+from .fileio import iter_json_records, require, write_csv
+from .heldout import METRICS, paired_bootstrap
 
 PILOT_KL_MAX = 0.05
 """Largest per-token KL to the warm start (``losses/kl_ref``) a learning rate may reach in any of a pilot's last 5
@@ -190,3 +192,39 @@ def paired_table(summary_rows: list[dict], metrics=METRICS) -> list[dict]:
         row[r["dataset"]] = f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}] n={r['n']}"
     order = {m: i for i, m in enumerate(metrics)}
     return sorted(table.values(), key=lambda row: (row["comparison"], order[row["metric"]]))
+
+
+def summarize(arms, seeds, out: Path, n_samples: int = 2000) -> Path:
+    """``summary.csv`` from the committed predictions: per (arm, seed, dataset, metric) value and interval; paired
+    differences (StePPO - PPO, arm - warm start) over seeds and questions."""
+
+    def load(name):
+        path = require(out / "predictions" / f"{name}.jsonl", "stepsearch study --phase eval")
+        return [r for _, r in iter_json_records(path)]
+
+    warm = load("warm")
+    # arm -> seed -> predictions; the warm start stands in for every seed when an arm is paired with it
+    preds = {"warm": dict.fromkeys(seeds, warm), **{arm: {s: load(f"{arm}-s{s}") for s in seeds} for arm in arms}}
+    datasets = sorted({r["dataset"] for r in warm})
+
+    def row(arm, seed, ds, metric, n, value, lo, hi):
+        return {"arm": arm, "seed": seed, "dataset": ds, "n": n, "metric": metric, "value": value, "lo": lo, "hi": hi}
+
+    def keyed(arm, ds, metric):
+        return {(s, r["id"]): r[metric] for s, rs in preds[arm].items() for r in rs if r["dataset"] == ds}
+
+    rows = []
+    for arm, seed, rs in [("warm", "-", warm)] + [(a, s, preds[a][s]) for a in arms for s in seeds]:
+        for ds in datasets:
+            for metric in METRICS:
+                values = [r[metric] for r in rs if r["dataset"] == ds and r[metric] == r[metric]]  # NaN: no gold
+                if values:
+                    rows.append(row(arm, seed, ds, metric, len(values), *bootstrap_ci(values, n_samples)))
+    pairs = [(a, "warm") for a in arms] + ([("steppo", "ppo")] if {"steppo", "ppo"} <= set(arms) else [])
+    for left, right in pairs:
+        for ds in datasets:
+            for metric in METRICS:
+                d, lo, hi, n = paired_bootstrap(keyed(left, ds, metric), keyed(right, ds, metric), n_samples)
+                if n:
+                    rows.append(row(f"{left} - {right}", "paired", ds, metric, n, d, lo, hi))
+    return write_csv(out / "summary.csv", rows)

@@ -62,7 +62,7 @@ def test_summary_pairs_arms_over_seeds_and_questions(tmp_path):
     write_predictions(preds, "steppo-s1", {"q1": 1.0, "q2": 1.0})
     write_predictions(preds, "ppo-s0", {"q1": 0.0, "q2": 0.0})
     write_predictions(preds, "ppo-s1", {"q1": 1.0, "q2": 0.0})
-    rows = list(csv_rows(study.summarize(["steppo", "ppo"], [0, 1], tmp_path, n_samples=200)))
+    rows = list(csv_rows(study_stats.summarize(["steppo", "ppo"], [0, 1], tmp_path, n_samples=200)))
     get = {(r["arm"], r["seed"], r["metric"]): r for r in rows}
     assert float(get[("steppo - ppo", "paired", "em")]["value"]) == pytest.approx(0.5)
     assert int(get[("steppo - ppo", "paired", "em")]["n"]) == 4
@@ -100,7 +100,7 @@ def csv_rows(path):
 
 def test_a_missing_run_names_the_command_that_evaluates_it(tmp_path):
     with pytest.raises(MissingInputError, match="stepsearch study --phase eval"):
-        study.summarize(["steppo"], [0], tmp_path)
+        study_stats.summarize(["steppo"], [0], tmp_path)
 
 
 def write_pilot(folder, lr, rewards, kls):
