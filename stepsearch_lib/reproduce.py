@@ -34,7 +34,7 @@ QUICK = {
 """The cpu profile's *local run* under ``make reproduce``: a shorter warm start (80 demonstrations, checked on 8 dev
 questions), RL run (4 updates) and evaluation (6 questions per dataset) than the profile's, so that the five
 notebooks finish within 90 minutes on 2 cores from an empty machine. It shows the mechanics on this machine; the
-science figures of notebooks 04 and 05 read the committed cpu study (`study.RESULTS`). ``--full``: the profile's
+science figures of notebooks 04 and 05 read the committed cpu study (`study_results.RESULTS`). ``--full``: the profile's
 own sizes."""
 
 

@@ -24,7 +24,8 @@ Phases, each resumable and each runnable for any subset (``--arms``, ``--seeds``
 
 ``--jobs N`` runs N runs (pilot rates, arm x seed runs, or evaluated models) at once as separate processes on
 cores / N threads each (`run_jobs`). Run folders live under ``runs/<profile>/checkpoints/<algo>-<reward>-s<seed>-study``
-(pilot: ``-pilot-lr<lr>``).
+(pilot: ``-pilot-lr<lr>``). What each phase writes, and what reads it back (notebooks 04 and 05), is in
+`study_results`; the statistics are in `study_stats`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -45,7 +45,6 @@ from .fileio import (
     MissingInputError,
     atomic_path,
     iter_json_records,
-    read_csv,
     require,
     write_csv,
     write_jsonl,
@@ -53,17 +52,21 @@ from .fileio import (
 from .heldout import evaluate_heldout, heldout_sets
 from .jobs import run_jobs
 from .overrides import apply_overrides, parse_cli_overrides
-from .paths import PROJECT_ROOT
-from .plotting import plot_study_curves, plot_study_heldout
 from .profile_data import load_profile_corpus
 from .retrieval import profile_retriever
 from .sft import ensure_warm_start, warm_start_dir
 from .study_inputs import publish_inputs, restore_inputs
-from .study_stats import choose_lr, movement_rows, pilot_summary, summarize
+from .study_results import (
+    ARMS,
+    RESULTS,
+    movement_check,
+    pilot_report,
+    pilot_tag,
+    publish_metrics,
+    study_figures,
+)
+from .study_stats import summarize
 from .train import run_name, train
-
-RESULTS = PROJECT_ROOT / "results" / "cpu_study"
-"""Committed results of the cpu study (small files: CSV, metrics JSONL, predictions, figures)."""
 
 
 def results_dir(profile: str, overrides: dict | None = None) -> Path:
@@ -83,10 +86,6 @@ STUDY = {
     "reward.fidelity": "released",
 }
 """The study's settings over the profile (the caller's ``--set`` wins)."""
-
-ARMS = {"steppo": ("steppo", "full"), "ppo": ("ppo", "global_only"), "grpo": ("grpo", "full")}
-"""arm -> (algorithm, reward configuration)."""
-ARM_LABELS = {"steppo": "StePPO (step + global rewards)", "ppo": "PPO (global reward)", "grpo": "GRPO"}
 
 WARM_SEED = 0
 """Every run starts from the warm start trained with this seed: arms differ only in what RL does."""
@@ -145,14 +144,6 @@ def from_warm_start(cfg, profile: str, overrides: dict | None = None):
     return replace(cfg, train=replace(cfg.train, init_adapter=str(warm_start_adapter(profile, overrides))))
 
 
-def publish_metrics(path: Path, folder: Path) -> Path:
-    """Copy a run's metrics JSONL into ``folder`` (atomic)."""
-    target = folder / Path(path).name
-    with atomic_path(target) as tmp:
-        shutil.copyfile(path, tmp)
-    return target
-
-
 def publish_config(cfg, algo: str, reward: str, tag: str, folder: Path) -> Path:
     """The run's resolved config (every section, the algorithm and reward it trains with; the warm start relative to
     the run folder) as ``folder/<run>.json``: what a reader needs to rerun it."""
@@ -200,56 +191,6 @@ def publish_progress(
     return published
 
 
-def pilot_tag(lr: float) -> str:
-    return f"pilot-lr{lr:g}"
-
-
-PILOT_CURVE_KEYS = (
-    ("reward/token_sum", "training reward (sum per episode)"),
-    ("losses/kl_ref", "KL to the warm start"),
-)
-"""What the learning-rate choice reads (`choose_lr`), one panel each."""
-
-
-def pilot_report(lrs, out: Path) -> Path:
-    """``pilot/summary.csv`` (one row per rate, the chosen one marked, the reason) and ``figures/pilot_curves.png``
-    from the pilot runs' published metrics."""
-    runs = {
-        lr: require(
-            out / "pilot" / f"{run_name('steppo', 'full', 0, pilot_tag(lr))}.jsonl", "stepsearch study --phase pilot"
-        )
-        for lr in lrs
-    }
-    rows = pilot_summary(runs)
-    chosen, why = choose_lr(rows)
-    for r in rows:
-        r["chosen"] = r["actor_lr"] == chosen
-        r["why"] = why if r["chosen"] else ""
-    plot_study_curves(
-        {f"lr {lr:g}": [path] for lr, path in runs.items()},
-        out / "figures" / "pilot_curves.png",
-        keys=PILOT_CURVE_KEYS,
-        title=f"Pilot: StePPO at three actor learning rates ({PILOT_STEPS} updates, seed 0)",
-    )
-    return write_csv(out / "pilot" / "summary.csv", rows)
-
-
-def movement_check(arms, seeds, out: Path) -> Path:
-    """``movement.csv``: `movement_rows` of every arm whose runs of ``seeds`` have published metrics."""
-    rows = []
-    for arm in arms:
-        algo, reward = ARMS[arm]
-        runs = {
-            s: require(
-                out / "metrics" / f"{run_name(algo, reward, s, 'study')}.jsonl",
-                f"stepsearch study --phase train --arms {arm} --seeds {s}",
-            )
-            for s in seeds
-        }
-        rows += movement_rows(runs, arm)
-    return write_csv(out / "movement.csv", rows)
-
-
 def study_models(profile: str, arms, seeds, overrides: dict | None = None) -> dict[str, Path]:
     """{name: adapter or final checkpoint} of the warm start and every study run of ``arms`` x ``seeds``; a run that
     has not finished its ``train.steps`` updates is an error naming the command that finishes it."""
@@ -293,54 +234,6 @@ def run_heldout(
             rows += [r for _, r in iter_json_records(part)]
         written.append(write_jsonl(target, rows))
     return written
-
-
-def study_figures(arms, seeds, out: Path) -> list[Path]:
-    """Training curves (mean and seed band per arm) from the published metrics; held-out EM beside the paper."""
-    curves = {}
-    for arm in arms:
-        algo, reward = ARMS[arm]
-        paths = [out / "metrics" / f"{run_name(algo, reward, seed, 'study')}.jsonl" for seed in seeds]
-        if all(p.is_file() for p in paths):
-            curves[arm] = paths
-    figures = []
-    if curves:
-        figures.append(
-            plot_study_curves(
-                curves,
-                out / "figures" / "training_curves.png",
-                title="cpu study: training curves (mean over seeds, min-max band)",
-            )
-        )
-    if (out / "summary.csv").is_file():
-        figures.append(
-            plot_study_heldout(
-                out / "summary.csv",
-                PROJECT_ROOT / "reference" / "paper_results.csv",
-                out / "figures" / "heldout_em.png",
-            )
-        )
-    return figures
-
-
-def committed_study(out: Path = RESULTS) -> dict:
-    """What the committed study holds so far, for notebooks 04 and 05 (each table's rows, or None when that phase
-    has not been committed yet): ``warm_starts``, ``pilot``, ``movement``, ``summary``; ``curves`` = {arm: the
-    metrics JSONL of its seeds that have them}; ``missing`` = the command that produces each absent table."""
-    tables = {
-        "warm_starts": (out / "warm_starts.csv", "make study PHASE=warm"),
-        "pilot": (out / "pilot" / "summary.csv", "make study PHASE=pilot"),
-        "movement": (out / "movement.csv", "make study PHASE=summary"),
-        "summary": (out / "summary.csv", "make study PHASE=eval && make study PHASE=summary"),
-    }
-    found = {name: read_csv(path) if path.is_file() else None for name, (path, _) in tables.items()}
-    curves = {}
-    for arm, (algo, reward) in ARMS.items():
-        paths = sorted((out / "metrics").glob(f"{run_name(algo, reward, 0, 'study').replace('-s0-', '-s*-')}.jsonl"))
-        if paths:
-            curves[arm] = paths
-    missing = {name: cmd for name, (_, cmd) in tables.items() if found[name] is None}
-    return {**found, "curves": curves, "missing": missing}
 
 
 def study_jobs(args, jobs: int) -> list[tuple[str, list[str]]]:

@@ -24,7 +24,7 @@ FLOORS = [
     ("training", ["checkpoint", "steppo", "sft", "train"]),
     ("evaluation", ["evaluate", "heldout", "eval_suite"]),
     ("files in, figures out", ["plotting", "reproduce"]),
-    ("experiments", ["study_inputs", "study_stats", "jobs", "study"]),
+    ("experiments", ["study_inputs", "study_stats", "study_results", "jobs", "study"]),
     ("doors", ["__main__"]),
 ]
 ORDER = [m for _, mods in FLOORS for m in mods]

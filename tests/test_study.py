@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from stepsearch_lib import jobs, study, study_inputs, study_stats
+from stepsearch_lib import jobs, study, study_inputs, study_results, study_stats
 from stepsearch_lib.cli import UsageError
 from stepsearch_lib.config import get_config
 from stepsearch_lib.data import passage_key
@@ -86,7 +86,7 @@ def test_summary_pairs_arms_over_seeds_and_questions(tmp_path):
             for k in (1, 2, 3)
         ]
         (metrics / f"{name}-study.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-    figures = study.study_figures(["steppo", "ppo"], [0, 1], tmp_path)
+    figures = study_results.study_figures(["steppo", "ppo"], [0, 1], tmp_path)
     assert [f.name for f in figures] == ["training_curves.png", "heldout_em.png"]
     assert all(f.stat().st_size > 10_000 for f in figures)
 
@@ -117,7 +117,7 @@ def test_the_pilot_chooses_the_fastest_rising_rate_that_stays_near_the_warm_star
     write_pilot(tmp_path / "pilot", 2e-5, [0.1 + 0.001 * i for i in range(n)], [0.001] * n)
     write_pilot(tmp_path / "pilot", 5e-5, [0.1 + 0.01 * i + 0.002 * (-1) ** i for i in range(n)], [0.01] * n)
     write_pilot(tmp_path / "pilot", 1e-4, [0.1 + 0.03 * i for i in range(n)], [0.02 * i for i in range(n)])
-    csv_path = study.pilot_report((2e-5, 5e-5, 1e-4), tmp_path)
+    csv_path = study_results.pilot_report((2e-5, 5e-5, 1e-4), tmp_path)
     rows = {float(r["actor_lr"]): r for r in read_csv(csv_path)}
     assert [lr for lr, r in rows.items() if r["chosen"] == "True"] == [5e-5]
     assert "within 0.05" in rows[5e-5]["why"] and rows[2e-5]["why"] == ""
@@ -139,7 +139,7 @@ def test_a_rate_whose_last_updates_leave_the_kl_bound_is_not_chosen_even_when_th
     write_pilot(tmp_path / "pilot", 5e-5, [0.1 + 0.01 * i for i in range(n)], [0.002] * n)
     kls = [0.001] * 10 + [0.013, 0.009, 0.056, 0.078, 0.077]
     write_pilot(tmp_path / "pilot", 1e-4, [0.1 + 0.09 * i for i in range(n)], kls)
-    rows = {float(r["actor_lr"]): r for r in read_csv(study.pilot_report((5e-5, 1e-4), tmp_path))}
+    rows = {float(r["actor_lr"]): r for r in read_csv(study_results.pilot_report((5e-5, 1e-4), tmp_path))}
     assert float(rows[1e-4]["kl_last5"]) == pytest.approx(0.0466) and float(rows[1e-4]["kl_last5_max"]) == 0.078
     assert rows[5e-5]["chosen"] == "True" and rows[1e-4]["chosen"] == "False"
 
@@ -163,7 +163,9 @@ def test_the_movement_check_separates_a_moved_policy_from_estimator_noise(tmp_pa
         moved_kl = noise[:2] + [0.001 * (i + 1) + 0.0005 * seed for i in range(2, n)]
         write_run(metrics, f"steppo-full-s{seed}-study", [0.3 + 0.01 * i + 0.02 * seed for i in range(n)], moved_kl)
         write_run(metrics, f"ppo-global_only-s{seed}-study", [0.3 + 0.05 * (-1) ** (i + seed) for i in range(n)], noise)
-    rows = {(r["arm"], r["seed"]): r for r in read_csv(study.movement_check(["steppo", "ppo"], [0, 1, 2], tmp_path))}
+    rows = {
+        (r["arm"], r["seed"]): r for r in read_csv(study_results.movement_check(["steppo", "ppo"], [0, 1, 2], tmp_path))
+    }
     assert float(rows[("steppo", "0")]["kl_last"]) == pytest.approx(0.0155)
     assert float(rows[("steppo", "0")]["reward_slope"]) == pytest.approx(0.01)
     assert float(rows[("steppo", "0")]["kl_floor"]) == pytest.approx(2e-4)
@@ -173,7 +175,7 @@ def test_the_movement_check_separates_a_moved_policy_from_estimator_noise(tmp_pa
     lo, hi = float(rows[("ppo", "mean")]["slope_lo"]), float(rows[("ppo", "mean")]["slope_hi"])
     assert lo < 0 < hi
     with pytest.raises(MissingInputError, match="--arms grpo --seeds 0"):
-        study.movement_check(["grpo"], [0], tmp_path)
+        study_results.movement_check(["grpo"], [0], tmp_path)
 
 
 def test_each_run_publishes_its_resolved_config(tmp_path):
@@ -233,11 +235,11 @@ def test_only_finished_runs_are_evaluated(tmp_path):
 
 
 def test_the_notebooks_see_what_the_study_has_committed_so_far(tmp_path):
-    assert study.committed_study(tmp_path)["missing"]["warm_starts"] == "make study PHASE=warm"
+    assert study_results.committed_study(tmp_path)["missing"]["warm_starts"] == "make study PHASE=warm"
     (tmp_path / "warm_starts.csv").write_text("warm_start,when,format_ok\nquestion,after,1.0\n")
     for name in ("steppo-full-s1-study", "steppo-full-s0-study", "steppo-full-s0-pilot-lr2e-05"):
         write_run(tmp_path / "metrics", name, [0.1, 0.2], [0.0, 0.0])
-    seen = study.committed_study(tmp_path)
+    seen = study_results.committed_study(tmp_path)
     assert seen["warm_starts"] == [{"warm_start": "question", "when": "after", "format_ok": "1.0"}]
     assert [p.name for p in seen["curves"]["steppo"]] == ["steppo-full-s0-study.jsonl", "steppo-full-s1-study.jsonl"]
     assert "ppo" not in seen["curves"] and set(seen["missing"]) == {"pilot", "movement", "summary"}
