@@ -22,7 +22,7 @@ Phases, each resumable and each runnable for any subset (``--arms``, ``--seeds``
   -> ``results/cpu_study/metrics/<run>.jsonl`` after every piece (``--stop-after K`` runs up to update K) and the
   run's resolved config ``results/cpu_study/config/<run>.json``.
 
-``--jobs N`` runs N runs (pilot rates, arm x seed runs, or evaluated models) at once as separate processes on
+``--jobs N`` runs N runs (pilot rates, arm x seed runs, or evaluated (model, dataset) parts) at once as separate processes on
 cores / N threads each (`run_jobs`). Run folders live under ``runs/<profile>/checkpoints/<algo>-<reward>-s<seed>-study``
 (pilot: ``-pilot-lr<lr>``). What each phase writes, and what reads it back (notebooks 04 and 05), is in
 `study_results`; the statistics are in `study_stats`.
@@ -211,34 +211,45 @@ def study_models(profile: str, arms, seeds, overrides: dict | None = None) -> di
 
 
 def run_heldout(
-    profile: str, arms, seeds, out: Path, overrides: dict | None = None, only: str | None = None
+    profile: str,
+    arms,
+    seeds,
+    out: Path,
+    overrides: dict | None = None,
+    only: str | None = None,
+    datasets=None,
 ) -> list[Path]:
     """Predictions of each study model (``only``: that one) on the held-out questions -> ``predictions/<name>.jsonl``
     (a model with predictions is skipped). Resumable per dataset: finished datasets wait in the run folder's
-    ``eval/study/<name>-<checkpoint>/`` until the model's last one is done."""
+    ``eval/study/<name>-<checkpoint>/`` until the model's last one is done. ``datasets``: evaluate only those (a
+    ``--jobs`` worker's share); the predictions file is written once every dataset's part exists."""
     cfg = study_config(profile, overrides, 0)
     sets = heldout_sets(cfg, HELDOUT_PER_DATASET)
-    retriever, corpus = profile_retriever(cfg), load_profile_corpus(cfg)
+    retriever = corpus = model = None  # loaded once, only if some part is still to evaluate
     written = []
     for name, path in study_models(profile, arms, seeds, overrides).items():
         target = out / "predictions" / f"{name}.jsonl"
         if (only and name != only) or target.is_file():
             written += [target] if target.is_file() else []
             continue
-        model, tok = load_model_for_eval(str(path), cfg)
-        rows = []
+        parts = {d: cfg.path("eval", "study", f"{name}-{Path(path).name}", f"{d}.jsonl") for d in sets}
         for dataset, records in sets.items():
-            part = cfg.path("eval", "study", f"{name}-{Path(path).name}", f"{dataset}.jsonl")
-            if not part.is_file():
-                write_jsonl(part, evaluate_heldout(model, tok, {dataset: records}, retriever, cfg, corpus))
-            rows += [r for _, r in iter_json_records(part)]
-        written.append(write_jsonl(target, rows))
+            if parts[dataset].is_file() or (datasets and dataset not in datasets):
+                continue
+            if retriever is None:
+                retriever, corpus = profile_retriever(cfg), load_profile_corpus(cfg)
+            if model is None:
+                model, tok = load_model_for_eval(str(path), cfg)
+            write_jsonl(parts[dataset], evaluate_heldout(model, tok, {dataset: records}, retriever, cfg, corpus))
+        model = None  # the next model loads its own checkpoint
+        if all(part.is_file() for part in parts.values()):
+            written.append(write_jsonl(target, [r for part in parts.values() for _, r in iter_json_records(part)]))
     return written
 
 
 def study_jobs(args, jobs: int) -> list[tuple[str, list[str]]]:
     """(label, argv) of the worker processes a ``--jobs`` run starts: one per pilot rate, per seed x arm of the
-    train phase (seed-major: a partial study has both arms of its first seeds), or per model to evaluate."""
+    train phase (seed-major: a partial study has both arms of its first seeds), or per model and dataset to evaluate."""
     common = [sys.executable, "-m", "stepsearch_lib", "study", "--profile", args.profile, "--worker"]
     common += [x for s in args.set for x in ("--set", s)]
     if args.phase == "pilot":
@@ -246,7 +257,12 @@ def study_jobs(args, jobs: int) -> list[tuple[str, list[str]]]:
     if args.phase == "eval":
         names = ["warm"] + [f"{arm}-s{seed}" for seed in args.seeds for arm in args.arms]
         models = ["--arms", *args.arms, "--seeds", *map(str, args.seeds)]
-        return [(f"eval-{name}", [*common, "--phase", "eval", *models, "--only", name]) for name in names]
+        datasets = [d for d, _ in get_config(args.profile, parse_cli_overrides(args.set)).data.eval_files]
+        return [  # one worker per (model, dataset): the last model's datasets still fill both cores
+            (f"eval-{name}-{d}", [*common, "--phase", "eval", *models, "--only", name, "--datasets", d])
+            for name in names
+            for d in datasets
+        ]
     stop = ["--stop-after", str(args.stop_after)] if args.stop_after is not None else []
     return [
         (f"{arm}-s{seed}", [*common, "--phase", "train", "--arms", arm, "--seeds", str(seed), *stop])
@@ -277,10 +293,11 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=1,
         metavar="N",
-        help="pilot, train, eval: N runs (models) at once, each on cores / N threads",
+        help="pilot, train, eval: N runs (eval: model x dataset parts) at once, each on cores / N threads",
     )
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one run of a --jobs parent
     ap.add_argument("--only", default=None, help=argparse.SUPPRESS)  # eval worker: this model only
+    ap.add_argument("--datasets", nargs="+", default=None, help=argparse.SUPPRESS)  # eval worker: these sets only
     args = ap.parse_args(argv)
     if args.seed is not None:
         ap.error("the study runs several seeds: use --seeds S [S ...]")
@@ -306,7 +323,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.worker:  # a --jobs parent reports once every rate has run
             print(f"pilot summary: {pilot_report(args.lrs, out)}")
     elif args.phase == "eval":
-        for path in run_heldout(args.profile, args.arms, args.seeds, out, overrides, only=args.only):
+        for path in run_heldout(
+            args.profile, args.arms, args.seeds, out, overrides, only=args.only, datasets=args.datasets
+        ):
             print(f"predictions: {path}")
     elif args.phase == "publish":
         for path, updates in publish_progress(args.profile, args.arms, args.seeds, args.lrs, out, overrides):

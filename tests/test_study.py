@@ -217,7 +217,12 @@ def test_a_jobs_parent_splits_the_study_into_one_worker_per_run():
     pilot = study.study_jobs(argparse.Namespace(**{**vars(args), "phase": "pilot", "lrs": [2e-5, 1e-4]}), 2)
     assert [label for label, _ in pilot] == ["pilot-lr2e-05", "pilot-lr0.0001"]
     evals = study.study_jobs(argparse.Namespace(**{**vars(args), "phase": "eval"}), 2)
-    assert [argv[-1] for _, argv in evals] == ["warm", "steppo-s0", "ppo-s0", "steppo-s1", "ppo-s1"]
+    sets = [d for d, _ in get_config("cpu").data.eval_files]  # the profile's order
+    assert sorted(sets) == ["2wiki", "bamboogle", "hotpotqa", "musique"]
+    assert [label for label, _ in evals] == [
+        f"eval-{name}-{d}" for name in ["warm", "steppo-s0", "ppo-s0", "steppo-s1", "ppo-s1"] for d in sets
+    ]
+    assert [argv[-4:] for _, argv in evals[:2]] == [["--only", "warm", "--datasets", d] for d in sets[:2]]
 
 
 def test_only_finished_runs_are_evaluated(tmp_path):
