@@ -225,7 +225,7 @@ def run_heldout(
     ``--jobs`` worker's share); the predictions file is written once every dataset's part exists."""
     cfg = study_config(profile, overrides, 0)
     sets = heldout_sets(cfg, HELDOUT_PER_DATASET)
-    retriever = corpus = model = None  # loaded once, only if some part is still to evaluate
+    retriever = corpus = None  # loaded once, only if some part is still to evaluate
     written = []
     for name, path in study_models(profile, arms, seeds, overrides).items():
         target = out / "predictions" / f"{name}.jsonl"
@@ -233,15 +233,13 @@ def run_heldout(
             written += [target] if target.is_file() else []
             continue
         parts = {d: cfg.path("eval", "study", f"{name}-{Path(path).name}", f"{d}.jsonl") for d in sets}
-        for dataset, records in sets.items():
-            if parts[dataset].is_file() or (datasets and dataset not in datasets):
-                continue
+        todo = [d for d, part in parts.items() if not part.is_file() and (not datasets or d in datasets)]
+        if todo:
             if retriever is None:
                 retriever, corpus = profile_retriever(cfg), load_profile_corpus(cfg)
-            if model is None:
-                model, tok = load_model_for_eval(str(path), cfg)
-            write_jsonl(parts[dataset], evaluate_heldout(model, tok, {dataset: records}, retriever, cfg, corpus))
-        model = None  # the next model loads its own checkpoint
+            model, tok = load_model_for_eval(str(path), cfg)
+            for d in todo:
+                write_jsonl(parts[d], evaluate_heldout(model, tok, {d: sets[d]}, retriever, cfg, corpus))
         if all(part.is_file() for part in parts.values()):
             written.append(write_jsonl(target, [r for part in parts.values() for _, r in iter_json_records(part)]))
     return written
