@@ -337,3 +337,26 @@ def test_the_runs_so_far_are_published_finished_or_not(tmp_path):
     assert (out / "metrics" / "steppo-full-s1-study.jsonl").read_text() == (
         metrics / "steppo-full-s1-study.jsonl"
     ).read_text()
+
+
+def test_an_eval_worker_evaluates_only_its_datasets_and_the_last_one_assembles_the_predictions(tmp_path):
+    """`run_heldout(datasets=)` is one `--jobs` worker's share: parts of other datasets are neither evaluated nor
+    waited for, and the predictions file appears once every part exists, in the profile's dataset order. The run
+    folder has no search index, so any evaluation (in the share or outside it) fails by name."""
+    overrides = {"artifact_root": str(tmp_path / "runs")}
+    cfg = study.study_config("smoke", overrides, study.WARM_SEED)
+    adapter = fake_warm_start(cfg, 0.5)
+    datasets = [d for d, _ in cfg.data.eval_files]
+    first, last = datasets[:-1], datasets[-1]
+    part = {d: cfg.path("eval", "study", f"warm-{adapter.name}", f"{d}.jsonl") for d in datasets}
+    for d in first:  # what the other workers already wrote
+        write_predictions(part[d].parent, d, {f"{d}-q": 1.0})
+    out = tmp_path / "results"
+    assert study.run_heldout("smoke", [], [], out, overrides, only="warm", datasets=first[:1]) == []
+    assert not (out / "predictions" / "warm.jsonl").exists()  # the last dataset's part is still missing
+    with pytest.raises(MissingInputError, match="stepsearch index --profile smoke"):  # its share: it evaluates
+        study.run_heldout("smoke", [], [], out, overrides, only="warm", datasets=[last])
+    write_predictions(part[last].parent, last, {f"{last}-q": 0.0})  # its worker finished
+    [target] = study.run_heldout("smoke", [], [], out, overrides, only="warm", datasets=[last])
+    assert [json.loads(line)["id"] for line in target.read_text().splitlines()] == [f"{d}-q" for d in datasets]
+    assert study.run_heldout("smoke", [], [], out, overrides, datasets=first[:1]) == [target]  # done: skipped
