@@ -15,6 +15,8 @@ SEEDS ?= 0 1 2
 PHASE ?= train
 STUDY_ARGS ?=
 JOBS ?= 2
+# when this make started (parsed before any prerequisite runs): `make reproduce` prints its total from an empty machine
+MAKE_STARTED := $(shell date +%s)
 
 .PHONY: test-browser lab study install test test-nbval test-all bench reliability reproduce notebooks data data-check clean-runs
 
@@ -45,7 +47,7 @@ test-nbval: $(STAMP)
 # re-execute the notebooks and store them (stripped) as the committed copies: cpu outputs (the quick local run +
 # the committed study, as `make reproduce`); `make notebooks PROFILE=smoke` for a minutes-long check
 notebooks: $(STAMP)
-	$(BIN)/python -m stepsearch_lib.reproduce --profile $(PROFILE) --write-back
+	$(BIN)/python -m stepsearch_lib.reproduce --profile $(PROFILE) --write-back --started-at $(MAKE_STARTED)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
@@ -91,7 +93,7 @@ study: $(STAMP)
 	$(BIN)/stepsearch study --profile cpu --phase $(PHASE) --arms $(ARMS) --seeds $(SEEDS) --jobs $(JOBS) $(STUDY_ARGS)
 
 reproduce: $(STAMP)
-	$(BIN)/python -m stepsearch_lib.reproduce --profile $(PROFILE)
+	$(BIN)/python -m stepsearch_lib.reproduce --profile $(PROFILE) --started-at $(MAKE_STARTED)
 
 clean-runs:
 	rm -rf runs/
