@@ -11,7 +11,7 @@ import numpy as np
 from scipy import stats
 
 from .evaluate import bootstrap_ci
-from .fileio import iter_json_records, require, write_csv
+from .fileio import atomic_path, iter_json_records, require, write_csv
 from .heldout import METRICS, paired_bootstrap
 
 PILOT_KL_MAX = 0.05
@@ -194,9 +194,57 @@ def paired_table(summary_rows: list[dict], metrics=METRICS) -> list[dict]:
     return sorted(table.values(), key=lambda row: (row["comparison"], order[row["metric"]]))
 
 
+def markdown_tables(summary_rows: list[dict], metrics=METRICS) -> str:
+    """``summary.csv`` as the README's markdown: each arm's level per dataset (mean over its seeds, the seeds'
+    min..max when there are several) and every paired difference (`paired_table`), so that no number in the README
+    is copied by hand.
+
+    >>> rows = [{"arm": a, "seed": s, "dataset": "bamboogle", "metric": "em", "n": "125", "value": v, "lo": "0",
+    ...          "hi": "1"} for a, s, v in [("warm", "-", "0.024"), ("ppo", "0", "0.02"), ("ppo", "1", "0.04")]]
+    >>> print(markdown_tables(rows, metrics=("em",)))
+    | arm | metric | bamboogle |
+    |---|---|---|
+    | warm | em | 0.024 |
+    | ppo | em | 0.030 (0.020..0.040, 2 seeds) |
+    <BLANKLINE>
+    """
+    levels: dict[tuple[str, str], dict[str, list[float]]] = {}
+    datasets: list[str] = []
+    for r in summary_rows:
+        if r["seed"] == "paired" or r["metric"] not in metrics:
+            continue
+        levels.setdefault((r["arm"], r["metric"]), {}).setdefault(r["dataset"], []).append(float(r["value"]))
+        datasets += [] if r["dataset"] in datasets else [r["dataset"]]
+
+    def cell(values):
+        if len(values) == 1:
+            return f"{values[0]:.3f}"
+        return f"{np.mean(values):.3f} ({min(values):.3f}..{max(values):.3f}, {len(values)} seeds)"
+
+    def table(header, rows):
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
+
+    arms = list(dict.fromkeys(arm for arm, _ in levels))
+    order = {m: i for i, m in enumerate(metrics)}
+    keys = sorted(levels, key=lambda k: (arms.index(k[0]), order[k[1]]))
+    text = table(
+        ["arm", "metric", *datasets],
+        [[a, m] + [cell(levels[a, m][d]) if d in levels[a, m] else "-" for d in datasets] for a, m in keys],
+    )
+    paired = paired_table(summary_rows, metrics)
+    if paired:
+        text += "\n" + table(
+            ["comparison", "metric", *datasets],
+            [[p["comparison"], p["metric"]] + [p.get(d, "-") for d in datasets] for p in paired],
+        )
+    return text
+
+
 def summarize(arms, seeds, out: Path, n_samples: int = 2000) -> Path:
     """``summary.csv`` from the committed predictions: per (arm, seed, dataset, metric) value and interval; paired
-    differences (StePPO - PPO, arm - warm start) over seeds and questions."""
+    differences (StePPO - PPO, arm - warm start) over seeds and questions; ``summary.md``: the same rows as markdown
+    tables (`markdown_tables`)."""
 
     def load(name):
         path = require(out / "predictions" / f"{name}.jsonl", "stepsearch study --phase eval")
@@ -227,4 +275,6 @@ def summarize(arms, seeds, out: Path, n_samples: int = 2000) -> Path:
                 d, lo, hi, n = paired_bootstrap(keyed(left, ds, metric), keyed(right, ds, metric), n_samples)
                 if n:
                     rows.append(row(f"{left} - {right}", "paired", ds, metric, n, d, lo, hi))
+    with atomic_path(out / "summary.md") as tmp:  # the README's tables, rendered from the same rows
+        Path(tmp).write_text(markdown_tables(rows))
     return write_csv(out / "summary.csv", rows)

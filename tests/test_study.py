@@ -71,6 +71,11 @@ def test_summary_pairs_arms_over_seeds_and_questions(tmp_path):
     assert ("steppo - ppo", "paired", "search_key") not in get  # all NaN: no pairs, no row
     lo, hi = float(get[("steppo - ppo", "paired", "em")]["lo"]), float(get[("steppo - ppo", "paired", "em")]["hi"])
     assert lo <= 0.5 <= hi
+    md = (tmp_path / "summary.md").read_text()  # the README's tables: the same numbers, rendered
+    assert (
+        "| steppo | em | 0.750 (0.500..1.000, 2 seeds) |" in md and "| ppo | em | 0.250 (0.000..0.500, 2 seeds) |" in md
+    )
+    assert f"| steppo - ppo | em | +0.500 [{float(lo):+.3f}, {float(hi):+.3f}] n=4 |" in md
     metrics = tmp_path / "metrics"
     metrics.mkdir()
     for name in ("steppo-full-s0", "steppo-full-s1", "ppo-global_only-s0", "ppo-global_only-s1"):
