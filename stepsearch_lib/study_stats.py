@@ -209,12 +209,10 @@ def markdown_tables(summary_rows: list[dict], metrics=METRICS) -> str:
     <BLANKLINE>
     """
     levels: dict[tuple[str, str], dict[str, list[float]]] = {}
-    datasets: list[str] = []
     for r in summary_rows:
-        if r["seed"] == "paired" or r["metric"] not in metrics:
-            continue
-        levels.setdefault((r["arm"], r["metric"]), {}).setdefault(r["dataset"], []).append(float(r["value"]))
-        datasets += [] if r["dataset"] in datasets else [r["dataset"]]
+        if r["seed"] != "paired" and r["metric"] in metrics:  # per-seed rows: the arms' levels
+            levels.setdefault((r["arm"], r["metric"]), {}).setdefault(r["dataset"], []).append(float(r["value"]))
+    datasets = list(dict.fromkeys(r["dataset"] for r in summary_rows))
 
     def cell(values):
         if len(values) == 1:
@@ -275,6 +273,7 @@ def summarize(arms, seeds, out: Path, n_samples: int = 2000) -> Path:
                 d, lo, hi, n = paired_bootstrap(keyed(left, ds, metric), keyed(right, ds, metric), n_samples)
                 if n:
                     rows.append(row(f"{left} - {right}", "paired", ds, metric, n, d, lo, hi))
+    summary = write_csv(out / "summary.csv", rows)
     with atomic_path(out / "summary.md") as tmp:  # the README's tables, rendered from the same rows
         Path(tmp).write_text(markdown_tables(rows))
-    return write_csv(out / "summary.csv", rows)
+    return summary
